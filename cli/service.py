@@ -1,0 +1,5 @@
+"""See cli/main.py."""
+
+from __future__ import annotations
+
+COMMANDS: list = []
