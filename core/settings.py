@@ -23,6 +23,11 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL. Default: SQLite at <data_dir>/jobformer.db."
     )
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    queue_name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Celery queue the API sends jobs to and workers consume (one Redis can serve several).",
+    )
     max_upload_mb: int = Field(200, gt=0, description="Largest accepted upload; 413 past it.")
     max_rows: int = Field(5_000_000, gt=0, description="Largest accepted dataset, in rows.")
     max_model_params: int = Field(500_000_000, gt=0, description="Largest model a job may ask for.")
