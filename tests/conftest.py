@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -16,3 +21,92 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the tests read the real datasets from ../shared/data")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------------------------------------- databases
+# PostgreSQL: one fresh database per test session (a unique name, so parallel runs never collide),
+# migrated with Alembic and dropped at the end. SQLite: a migrated file copied per test.
+PG_ADMIN_URL = os.environ.get("JOBFORMER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_TABLES = ("metric_points", "events", "checkpoints", "jobs", "datasets")
+
+
+def _pg_admin_connect():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL at {PG_ADMIN_URL} is required by the tests (set JOBFORMER_TEST_PG_URL): {exc}"
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, migrated PostgreSQL database for this test session (dropped afterwards)."""
+    import migrations
+
+    name = f"jobformer_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with _pg_admin_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        from core.db import session as db_session
+
+        for key in [k for k in db_session._engines if k[1].endswith("/" + name)]:
+            db_session._engines.pop(key).dispose()
+        with _pg_admin_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import migrations
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "jobformer.db"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, _sqlite_template: Path) -> str:
+    """URL of a fresh, migrated SQLite file for this test."""
+    path = tmp_path / "jobformer.db"
+    shutil.copyfile(_sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database, once per backend: SQLite (fresh file) and PostgreSQL (the session's
+    database, its tables emptied before the test)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    url = request.getfixturevalue("pg_url")
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
+    return url
+
+
+@pytest.fixture
+def db_sessionmaker(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on ``db_url`` (an engine of its own, disposed after the test)."""
+    from core.db.session import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        yield sessionmaker(engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def db_session(db_sessionmaker: sessionmaker[Session]) -> Iterator[Session]:
+    """One session on ``db_url``; the test commits what it wants to keep."""
+    with db_sessionmaker() as s:
+        yield s

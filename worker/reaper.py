@@ -1,0 +1,95 @@
+"""The stale-job reaper: a thread in every worker's main process (DESIGN.md section 3: no job may stay
+``running`` without a live worker).
+
+Every ``heartbeat_timeout / 4`` seconds it
+1. refreshes this worker's "online" mark in Redis (``worker.queue.workers_online`` counts them);
+2. requeues jobs whose heartbeat is stale (``store.requeue_stale_jobs``) and sends them to the queue again;
+3. re-sends ``queued`` jobs whose message is gone from the queue (Redis lost its data, or the API could not
+   reach the broker after committing the job). Sending a job twice is harmless: the claim is atomic.
+
+Every worker runs one; the conditional updates in the store make them safe to race.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core.db import store
+from core.db.session import session_scope
+from core.settings import get_settings
+from worker import queue
+
+log = logging.getLogger(__name__)
+
+
+class Reaper(threading.Thread):
+    def __init__(self, node: str) -> None:
+        super().__init__(name="jobformer-reaper", daemon=True)
+        self.node = node
+        settings = get_settings()
+        self.timeout = settings.heartbeat_timeout_seconds
+        self.interval = max(0.25, self.timeout / 4)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        log.info(
+            "reaper started on %s (every %.1f s, heartbeat timeout %.1f s)",
+            self.node,
+            self.interval,
+            self.timeout,
+        )
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self.interval)
+        try:
+            queue.unregister_worker(self.node)
+        except Exception as exc:  # noqa: BLE001 - the mark expires by itself
+            log.warning("could not remove the online mark of %s: %s", self.node, exc)
+
+    def run_once(self) -> None:
+        """One pass; every failure is logged and retried on the next pass, never raised."""
+        try:
+            queue.register_worker(self.node, ttl_seconds=max(3 * self.interval, 10.0))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("reaper: broker unreachable: %s", exc)
+        try:
+            with session_scope() as s:
+                requeued, ended = store.requeue_stale_jobs(s, timeout_seconds=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is restarting
+            log.warning("reaper: could not check for stale jobs: %s", exc)
+            return
+        for job_id in ended:
+            log.warning("job %s ended: its worker was lost", job_id, extra={"job_id": job_id})
+        for job_id in requeued:
+            log.warning("job %s requeued: its worker was lost", job_id, extra={"job_id": job_id})
+        self._send(requeued)
+        self._resend_lost_messages()
+
+    def _resend_lost_messages(self) -> None:
+        try:
+            with session_scope() as s:
+                waiting = store.queued_jobs_older_than(s, self.timeout)
+            if not waiting:
+                return
+            present = queue.queued_message_ids()
+            missing = [job_id for job_id in waiting if job_id not in present]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("reaper: could not compare queued jobs with the broker: %s", exc)
+            return
+        for job_id in missing:
+            log.warning(
+                "job %s is queued but its message is gone: sending it again", job_id, extra={"job_id": job_id}
+            )
+        self._send(missing)
+
+    @staticmethod
+    def _send(job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            try:
+                queue.enqueue_job(job_id)
+            except Exception as exc:  # noqa: BLE001 - the next pass finds it again (queued, no message)
+                log.warning("reaper: could not enqueue job %s: %s", job_id, exc, extra={"job_id": job_id})
