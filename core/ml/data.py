@@ -41,6 +41,7 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -185,7 +186,12 @@ def _parse_sample(sample: str, delimiter: str, quoting: bool, strict: bool = Fal
         quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
         strict=strict,
     )
-    return [r for r in reader if r and r != [""]]
+    try:
+        return [r for r in reader if r and r != [""]]
+    except csv.Error:
+        if strict:
+            raise
+        return []  # e.g. a field over the size limit: this reading does not fit
 
 
 def _consistency(records: list[list[str]]) -> tuple[int, float]:
@@ -366,11 +372,28 @@ def _records(path: Path, fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
         except UnicodeDecodeError as e:
             if fmt.encoding in ("utf-8", "utf-8-sig"):
                 raise _Restart(
-                    replace(fmt, encoding="cp1252"), _cp1252_warning(e.object[e.start], counter[0] + 1)
+                    replace(fmt, encoding="cp1252"), _cp1252_warning(*_first_invalid_utf8(path))
                 ) from None
             raise DataError(
                 f"line {counter[0] + 1}: cannot be decoded as {fmt.encoding}: {e.reason}"
             ) from None
+
+
+def _first_invalid_utf8(path: Path) -> tuple[int, int | None]:
+    """The first byte that is not valid UTF-8 and its 1-based line (the text layer reads ahead, so its
+    position says little), scanning in binary chunks."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                dec.decode(chunk)
+            except UnicodeDecodeError as e:
+                # e.start counts from the undecoded bytes the decoder kept from the previous chunk.
+                pending = len(e.object) - len(chunk)
+                return e.object[e.start], line + chunk.count(b"\n", 0, max(0, e.start - pending))
+            line += chunk.count(b"\n")
+    return 0, None
 
 
 def _column_names(header: list[str]) -> list[str]:
@@ -594,10 +617,13 @@ def _examples(
         yield text, label
 
 
+def _first_record(path: Path, fmt: FileFormat) -> list[str]:
+    with closing(_records(path, fmt)) as records:
+        return next(records, (0, []))[1]
+
+
 def _header_row(path: Path, fmt: FileFormat) -> list[str] | None:
-    if not fmt.header:
-        return None
-    return next(_records(path, fmt), (0, []))[1]
+    return _first_record(path, fmt) if fmt.header else None
 
 
 def check_config(path: str | Path, config: TrainConfig, info: DatasetInfo | None = None) -> list[Problem]:
@@ -686,7 +712,7 @@ def load_texts(path: str | Path, config: TrainConfig, *, file_format: FileFormat
         elif header is not None:
             columns = _column_names(header)
         else:
-            first = next(_records(path, fmt), (0, []))[1]
+            first = _first_record(path, fmt)
             columns = [str(i) for i in range(max(len(first), 1))]
         info = DatasetInfo(fmt, columns, 0, [])
         cols, problems = _resolve_columns(info, config, header)
