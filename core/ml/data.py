@@ -347,6 +347,8 @@ def _records(path: Path, fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
                     return
                 except csv.Error as e:
                     msg = str(e)
+                    if fmt.quoting and fmt.delimiter == "\t":
+                        raise _Restart(replace(fmt, quoting=False), _literal_quotes_warning(start)) from None
                     if "field larger than field limit" in msg:
                         msg = (
                             f"a field is longer than {MAX_FIELD_CHARS:,} characters (field too large); "
@@ -361,11 +363,7 @@ def _records(path: Path, fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
                     and any("\t" in v or "\n" in v for v in rec)
                 ):
                     # A quoted TSV field that spans lines and holds TABs: the quotes were literal text.
-                    raise _Restart(
-                        replace(fmt, quoting=False),
-                        f"line {start}: a '\"' opened a field that ran over line ends; "
-                        "read the file with quotes as ordinary characters",
-                    )
+                    raise _Restart(replace(fmt, quoting=False), _literal_quotes_warning(start))
                 if rec and rec != [""]:
                     yield start, rec
                 start = end + 1
@@ -377,6 +375,13 @@ def _records(path: Path, fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
             raise DataError(
                 f"line {counter[0] + 1}: cannot be decoded as {fmt.encoding}: {e.reason}"
             ) from None
+
+
+def _literal_quotes_warning(line: int) -> str:
+    return (
+        f'line {line}: a quote (") opened a field that ran over line ends; '
+        "the file was read with quotes as ordinary characters"
+    )
 
 
 def _first_invalid_utf8(path: Path) -> tuple[int, int | None]:

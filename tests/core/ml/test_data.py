@@ -133,6 +133,23 @@ def test_literal_quotes_in_a_tsv_turn_quoting_off(tmp_path):
     assert data.texts == [b for _, b in rows]
 
 
+def test_literal_quotes_after_the_sample_restart_the_pass(tmp_path):
+    clean = "".join(f"ham\tplain message number {i} without quotes\n" for i in range(2000))
+    assert len(clean) > SAMPLE_BYTES
+    content = clean + 'ham\t"Oh no, he said\nspam\tWIN now\nham\tbye\n'
+    path = write(tmp_path, content, "late.tsv")
+    info = inspect_file(path)
+    assert info.format == FileFormat("csv", "\t", "utf-8", False, False)
+    assert info.rows == 2003
+    assert info.warnings == [
+        'line 2001: a quote (") opened a field that ran over line ends; '
+        "the file was read with quotes as ordinary characters"
+    ]
+    data = load_texts(path, cls_config(text_column=1, label_column=0))
+    assert data.texts[-3:] == ['"Oh no, he said', "WIN now", "bye"]
+    assert data.warnings == info.warnings
+
+
 def test_quoted_csv_fields_keep_delimiters_and_line_breaks(tmp_path):
     content = 'label,text\npos,"good, really\nreally good"\n' + table(",", header=False)
     path = write(tmp_path, content)
