@@ -30,10 +30,10 @@ class Reaper(threading.Thread):
         settings = get_settings()
         self.timeout = settings.heartbeat_timeout_seconds
         self.interval = max(0.25, self.timeout / 4)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         log.info(
@@ -42,9 +42,9 @@ class Reaper(threading.Thread):
             self.interval,
             self.timeout,
         )
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.run_once()
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
         try:
             queue.unregister_worker(self.node)
         except Exception as exc:  # noqa: BLE001 - the mark expires by itself

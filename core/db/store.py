@@ -193,11 +193,13 @@ def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
     return job
 
 
-def heartbeat(s: Session, job_id: str, worker: str) -> str | None:
+def heartbeat(s: Session, job_id: str, worker: str, *, touch: bool = True) -> str | None:
     """Refresh the heartbeat of a job held by ``worker``; return the job's status now (the worker stops
     when it is ``cancelling``, or when it is no longer ``running``). None when the job is gone or is no
-    longer held by this worker (it was declared lost and taken over): the worker must stop at once."""
-    _update_job(s, job_id, [Job.worker == worker, Job.status.in_(_LIVE)], heartbeat_at=utcnow())
+    longer held by this worker (it was declared lost and taken over): the worker must stop at once.
+    ``touch=False`` only reads the status (the worker polls for a cancel more often than it beats)."""
+    if touch:
+        _update_job(s, job_id, [Job.worker == worker, Job.status.in_(_LIVE)], heartbeat_at=utcnow())
     row = s.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
     if row is None or row.worker != worker:
         return None
