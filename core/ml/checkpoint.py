@@ -1,0 +1,237 @@
+"""Checkpoints (DESIGN.md section 6): one directory per save, written atomically, best and latest kept.
+
+Layout::
+
+    <out_dir>/checkpoints/step-00000100/
+        model.safetensors   learned weights (safetensors: loading never runs code)
+        vocab.json          Vocab.to_dict()
+        config.json         the resolved TrainConfig
+        meta.json           {step, epoch, metrics, is_best, task, labels, vocab_size, ...}
+        trainer_state.pt    optimizer state, schedule, step, RNG states, loop counters;
+                            plain tensors/containers only, so torch.load(weights_only=True) reads it
+
+A save writes every file into ``.tmp-<name>-<pid>`` beside the final directory, fsyncs the files and the
+directory, then renames it into place: a reader (the API, a resuming worker) sees a whole checkpoint or
+none. If the disk fills up, the temp directory is removed, CheckpointError is raised and the checkpoints
+already there are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from core.ml.callbacks import CheckpointInfo
+from core.ml.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+STATE_FILE = "trainer_state.pt"
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def checkpoints_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / CHECKPOINTS_DIR
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    *,
+    step: int,
+    epoch: int,
+    model_state: dict[str, torch.Tensor],
+    vocab: dict,
+    config: dict,
+    meta: dict,
+    trainer_state: dict,
+    metrics: dict[str, float],
+    is_best: bool,
+    best_name: str | None,
+) -> CheckpointInfo:
+    """Write checkpoint ``step-<step>`` atomically, then prune all but it and ``best_name``.
+
+    ``best_name`` is the best checkpoint after this save (this one's name when ``is_best``).
+    Raises CheckpointError (code "checkpoint_write_failed") on any OSError; nothing is left half-written.
+    """
+    root = checkpoints_root(out_dir)
+    name = checkpoint_name(step)
+    final = root / name
+    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    full_meta = {**meta, "step": step, "epoch": epoch, "metrics": metrics, "is_best": is_best, "name": name}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        # safetensors refuses non-contiguous or shared tensors; the models hold neither (tied LM weights
+        # are one tensor), but a clone to CPU keeps this independent of the device.
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
+        _write_file(tmp / MODEL_FILE, st_save(tensors, metadata={"format": "pt"}))
+        _write_file(tmp / VOCAB_FILE, _json_bytes(vocab))
+        _write_file(tmp / CONFIG_FILE, _json_bytes(config))
+        _write_file(tmp / META_FILE, _json_bytes(full_meta))
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved by an earlier, interrupted run: replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {name} in {root}: {e.strerror or e}; free disk space "
+            f"(or check permissions) and resume: the previous checkpoints are intact"
+        ) from e
+    size = sum(p.stat().st_size for p in final.iterdir())
+    pruned = prune_checkpoints(out_dir, keep={name, best_name or name})
+    return CheckpointInfo(
+        name=name,
+        path=str(final.resolve()),
+        step=step,
+        epoch=epoch,
+        metrics=dict(metrics),
+        size_bytes=size,
+        is_best=is_best,
+        pruned=pruned,
+    )
+
+
+def prune_checkpoints(out_dir: str | Path, keep: set[str]) -> list[str]:
+    """Delete checkpoint directories not in ``keep`` (and stale temp dirs). Returns the deleted names."""
+    root = checkpoints_root(out_dir)
+    pruned = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir():
+            continue
+        if p.name.startswith(_TMP_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)  # left by a crash mid-save
+        elif p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+            pruned.append(p.name)
+    return pruned
+
+
+def list_checkpoints(out_dir: str | Path) -> list[dict]:
+    """Complete checkpoints under ``out_dir``, oldest first: meta.json plus ``path`` and ``size_bytes``."""
+    root = checkpoints_root(out_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if not p.is_dir() or p.name.startswith(_TMP_PREFIX) or not (p / META_FILE).is_file():
+            continue
+        try:
+            meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable checkpoint %s", p)
+            continue
+        meta["name"] = p.name
+        meta["path"] = str(p.resolve())
+        meta["size_bytes"] = sum(f.stat().st_size for f in p.iterdir() if f.is_file())
+        out.append(meta)
+    return sorted(out, key=lambda m: m["step"])
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step, or None."""
+    ckpts = list_checkpoints(out_dir)
+    return Path(ckpts[-1]["path"]) if ckpts else None
+
+
+def best_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint marked best (by the validation metric); the latest when none was evaluated."""
+    ckpts = list_checkpoints(out_dir)
+    best = [c for c in ckpts if c.get("is_best")]
+    if best:
+        return Path(best[-1]["path"])
+    return Path(ckpts[-1]["path"]) if ckpts else None
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of checkpoint directory ``path``."""
+    return st_load((Path(path) / MODEL_FILE).read_bytes())
+
+
+def load_json(path: str | Path, filename: str) -> Any:
+    return json.loads((Path(path) / filename).read_text(encoding="utf-8"))
+
+
+def load_trainer_state(path: str | Path) -> dict:
+    """trainer_state.pt, with ``weights_only=True``: only tensors and plain containers are accepted."""
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# --- RNG states as plain tensors and lists (weights_only=True cannot hold numpy arrays or tuples of them) ---
+
+
+def capture_rng_state() -> dict:
+    """Every global RNG the loop touches: torch CPU (dropout), CUDA, python ``random``, numpy."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),  # uint8 tensor
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
