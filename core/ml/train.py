@@ -415,13 +415,13 @@ def train(
         loss_sum += loss.detach()  # stays a tensor until the next LOG_EVERY read: no sync per step
         loss_count += 1
         tokens_seen += n_tok
+        if first_loss is None:  # the reference for divergence: the loss before any update
+            first_loss = float(loss.detach())
 
         # -- train loss, divergence --
         if step % LOG_EVERY == 0 or step == total_steps:
             train_loss = float(loss_sum) / loss_count
             loss_sum, loss_count = 0.0, 0
-            if first_loss is None:
-                first_loss = train_loss
             if not math.isfinite(train_loss):
                 raise DivergedError(
                     f"training diverged at step {step}: the loss became {train_loss}; lower "

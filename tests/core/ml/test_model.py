@@ -1,0 +1,115 @@
+"""The Transformer: shapes, masks, causality, tied weights, init, generation; exact numbers at a fixed seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.ml.config import ModelConfig
+from core.ml.model import LanguageModel, TextClassifier, build_model, count_parameters, sinusoidal_encoding
+
+CFG = ModelConfig(d_model=16, n_heads=2, n_layers=2, dim_feedforward=32, dropout=0.0, max_length=12)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # One thread: recorded numbers do not depend on the machine's core count (or on its load).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sinusoidal_encoding_follows_the_formula():
+    pe = sinusoidal_encoding(50, 16)
+    assert pe.shape == (50, 16)
+    for pos, i in [(0, 0), (3, 2), (17, 5), (49, 7)]:
+        angle = pos / 10000 ** (2 * i / 16)
+        assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert sinusoidal_encoding(4, 7).shape == (4, 7)  # odd widths work too
+
+
+def test_parameter_count_matches_the_config_estimate_and_lm_weights_are_tied():
+    clf = TextClassifier(CFG, vocab_size=40, num_classes=3)
+    assert count_parameters(clf) == CFG.estimate_parameters(40, 3)
+    lm = LanguageModel(CFG, vocab_size=40)
+    assert count_parameters(lm) == CFG.estimate_parameters(40)
+    # One tensor for input embedding and output projection; the encoding is a buffer, not saved.
+    assert "backbone.pos_enc" not in lm.state_dict()
+    assert not any("head" in k for k in lm.state_dict())
+
+
+def test_init_is_normal_002_with_scaled_residual_projections():
+    torch.manual_seed(0)
+    m = TextClassifier(ModelConfig(d_model=64, n_heads=4, n_layers=4), vocab_size=500, num_classes=2)
+    assert m.backbone.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.backbone.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.backbone.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
+    assert m.backbone.blocks[0].attn.qkv.bias.abs().max().item() == 0.0
+    assert m.backbone.ln_f.weight.min().item() == 1.0
+
+
+def test_classifier_shapes_loss_and_exact_numbers():
+    torch.manual_seed(0)
+    m = TextClassifier(CFG, vocab_size=30, num_classes=3)
+    idx = torch.tensor([[2, 5, 6, 7, 0, 0], [2, 9, 8, 0, 0, 0]])
+    logits, loss = m(idx, torch.tensor([0, 2]))
+    assert logits.shape == (2, 3)
+    assert loss.item() == pytest.approx(1.1169629096984863, rel=1e-6)
+    assert m(idx)[1] is None
+
+
+def test_classifier_ignores_padding():
+    torch.manual_seed(0)
+    m = TextClassifier(CFG, vocab_size=30, num_classes=2).eval()
+    short = torch.tensor([[2, 5, 6, 7]])
+    padded = torch.tensor([[2, 5, 6, 7, 0, 0, 0, 0]])
+    assert torch.allclose(m(short)[0], m(padded)[0], atol=1e-6)
+
+
+def test_language_model_is_causal():
+    torch.manual_seed(0)
+    m = LanguageModel(CFG, vocab_size=30).eval()
+    a = torch.tensor([[4, 5, 6, 7, 8, 9]])
+    b = torch.tensor([[4, 5, 6, 7, 20, 21]])  # differs from position 4 on
+    la, lb = m(a)[0], m(b)[0]
+    assert la.shape == (1, 6, 30)
+    assert torch.equal(la[:, :4], lb[:, :4])
+    assert not torch.allclose(la[:, 4:], lb[:, 4:])
+
+
+def test_language_model_loss_at_init_is_near_uniform():
+    torch.manual_seed(0)
+    m = LanguageModel(CFG, vocab_size=30)
+    idx = torch.randint(30, (3, 12))
+    _, loss = m(idx[:, :-1], idx[:, 1:])
+    assert loss.item() == pytest.approx(math.log(30), rel=0.05)
+    assert loss.item() == pytest.approx(3.406132698059082, rel=1e-6)
+
+
+def test_longer_than_max_length_is_refused():
+    m = LanguageModel(CFG, vocab_size=30)
+    with pytest.raises(ValueError, match="longer than model.max_length"):
+        m(torch.zeros(1, 13, dtype=torch.long))
+
+
+def test_generate_seeded_greedy_and_top_k():
+    torch.manual_seed(0)
+    m = LanguageModel(CFG, vocab_size=30).eval()
+    start = torch.tensor([[4, 5]])
+    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    a = m.generate(start, 20, temperature=1.0, generator=g())
+    b = m.generate(start, 20, temperature=1.0, generator=g())
+    assert a.shape == (1, 22) and torch.equal(a, b)  # longer than max_length: the context is cropped
+    greedy = m.generate(start, 5, temperature=0)
+    assert torch.equal(m.generate(start, 5, top_k=1, generator=g()), greedy)
+    stopped = m.generate(start, 20, temperature=0, stop_id=int(greedy[0, 2]))
+    assert stopped.shape == (1, 3)
+
+
+def test_build_model_refuses_one_class():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_model("classification", CFG, 30, 1)
