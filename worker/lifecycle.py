@@ -9,7 +9,8 @@ Main process (never touches CUDA or torch):
 
 Pool child (one per job, ``worker_max_tasks_per_child=1``):
 - ``worker_process_init``: drop the database engines inherited over fork (without closing the parent's
-  connections) and install the SIGTERM handler that ``shutdown_requested()`` reads.
+  connections). The task installs the SIGTERM handler that ``shutdown_requested()`` reads when it starts
+  (billiard resets the child's handlers after this signal).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ def _child_init(**_kwargs: object) -> None:
             engine.dispose(close=False)  # the parent's connections stay the parent's
             del session._engines[(owner, _url)]
     _shutdown.clear()
-    install_sigterm_handler()
 
 
 @signals.worker_ready.connect

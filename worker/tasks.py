@@ -16,7 +16,7 @@ from core.db.models import Dataset, JobStatus
 from core.settings import get_settings
 from worker import queue
 from worker.celery_app import app
-from worker.lifecycle import shutdown_requested, worker_name
+from worker.lifecycle import install_sigterm_handler, shutdown_requested, worker_name
 from worker.recorder import Heartbeat, StopReason, StoreRecorder, write_with_retry
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def run_job(job_id: str) -> str:
     "released" (handed back on shutdown) or "lost" (another worker took the job over)."""
     settings = get_settings()
     name = worker_name()
+    # Here, not at process start: billiard resets the child's signal handlers after its initializer.
+    install_sigterm_handler()
     claimed: dict[str, Any] = {}
 
     def claim(s: Any) -> None:
@@ -71,9 +73,8 @@ def _train(job_id: str, claimed: dict[str, Any], recorder: StoreRecorder) -> dic
     from core.ml.errors import DataError, JobformerError
 
     try:
-        from core.ml.train import train
-
         from core.ml.config import TrainConfig, problems_from_validation_error
+        from core.ml.train import train
 
         try:
             config = TrainConfig.model_validate(claimed["config"])

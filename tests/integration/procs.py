@@ -1,0 +1,210 @@
+"""Helpers for integration tests that start real processes (workers, `jobformer up`) and poll the store.
+
+Every test gets its own Celery queue name (``JOBFORMER_QUEUE_NAME``) on the shared Redis at 127.0.0.1:6379,
+so test runs in parallel never take each other's jobs, and its own data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.db import store
+from core.db.session import session_scope
+
+REDIS_URL = os.environ.get("JOBFORMER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# A tiny, fast classification config: a few seconds of CPU per few hundred steps.
+TINY_CONFIG: dict[str, Any] = {
+    "task": "classification",
+    "text_column": "text",
+    "label_column": "label",
+    "tokenizer": {"kind": "char"},
+    "model": {
+        "d_model": 32,
+        "n_heads": 2,
+        "n_layers": 1,
+        "dim_feedforward": 64,
+        "dropout": 0.0,
+        "max_length": 32,
+    },
+    "training": {
+        "max_steps": 300,
+        "batch_size": 16,
+        "learning_rate": 0.003,
+        "warmup_steps": 10,
+        "eval_every": 50,
+        "val_fraction": 0.2,
+        "seed": 0,
+    },
+    "device": "cpu",
+}
+
+
+def tiny_config(**training: Any) -> dict[str, Any]:
+    config = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], **training}}
+    return config
+
+
+def service_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for the test process and its children: own data dir, own queue, short heartbeats."""
+    return {
+        "JOBFORMER_DATA_DIR": str(tmp_path / "data"),
+        "JOBFORMER_DATABASE_URL": database_url,
+        "JOBFORMER_BROKER_URL": REDIS_URL,
+        "JOBFORMER_QUEUE_NAME": f"jf-test-{uuid.uuid4().hex[:12]}",
+        "JOBFORMER_HEARTBEAT_SECONDS": "0.5",
+        "JOBFORMER_HEARTBEAT_TIMEOUT_SECONDS": "6",
+        **extra,
+    }
+
+
+def make_dataset(data_dir: Path, rows: int = 2000) -> dict[str, Any]:
+    """A two-class CSV (short texts; 2000 rows = 100 steps per epoch at batch 16) stored content-addressed under ``data_dir`` (as the API stores uploads)."""
+    lines = ["text,label"]
+    for i in range(rows):
+        if i % 2:
+            lines.append(f"good nice {i},pos")
+        else:
+            lines.append(f"bad grim {i},neg")
+    body = ("\n".join(lines) + "\n").encode()
+    sha = hashlib.sha256(body).hexdigest()
+    rel = f"datasets/{sha[:2]}/{sha}"
+    path = data_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return {
+        "owner": None,
+        "filename": "tiny.csv",
+        "size_bytes": len(body),
+        "sha256": sha,
+        "path": rel,
+        "format": {"kind": "csv", "delimiter": ",", "encoding": "utf-8", "header": True, "quoting": True},
+        "rows": rows,
+        "columns": ["text", "label"],
+        "preview": [],
+    }
+
+
+def create_job(data_dir: Path, config: dict[str, Any], max_attempts: int = 3) -> str:
+    """Dataset + job rows through the store (committed), as the API would; not yet enqueued."""
+    with session_scope() as s:
+        dataset = store.create_dataset(s, **make_dataset(data_dir))
+        job = store.create_job(s, dataset_id=dataset.id, config=config, owner=None, max_attempts=max_attempts)
+        return job.id
+
+
+def job_row(job_id: str) -> Any:
+    with session_scope() as s:
+        job = store.get_job(s, job_id)
+        s.expunge(job)
+        return job
+
+
+class Proc:
+    """A child process in its own session (so a signal to its group reaches its children too)."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or dict(os.environ),
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig) if group else os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            if self.popen.poll() is not None:
+                self._log.close()
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, then SIGKILL the whole group after ``timeout``; always reaps."""
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.popen.wait()
+        self._log.close()
+
+
+def start_worker(tmp_path: Path, name: str = "worker") -> Proc:
+    """A real `jobformer worker` (prefork, one child per job) with the test's environment."""
+    log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    return Proc([sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"], log)
+
+
+def wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    timeout: float = 180,
+    procs: tuple[Proc, ...] = (),
+    interval: float = 0.1,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with the processes' logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    logs = "\n".join(f"--- {p.log_path.name} ---\n{p.log_tail()}" for p in procs)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
