@@ -120,6 +120,9 @@ def test_language_model_generation_is_seeded(client, settings, db_session):
     b = client.post(f"/jobs/{job_id}/predict", json=body)
     assert a.json() == b.json()
     assert isinstance(a.json()["text"], str) and a.json()["checkpoint"].startswith("step-")
+    # an empty prompt and a long generation past the context length still answer
+    r = client.post(f"/jobs/{job_id}/predict", json={"prompt": "", "max_new_tokens": 40, "seed": 0})
+    assert r.status_code == 200, r.text
     r = client.post(f"/jobs/{job_id}/predict", json={"texts": ["x"]})
     assert r.status_code == 422
     assert r.json()["detail"] == 'this is a language-modelling job: send {"prompt": ...}'
