@@ -210,6 +210,85 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         "required": ["type", "title", "status", "detail"],
     }
     return {
-        s: {"description": _TITLES.get(s, "Error"), "content": {PROBLEM_JSON: {"schema": schema}}}
+        s: {
+            "description": _TITLES.get(s, "Error"),
+            "content": {
+                PROBLEM_JSON: {"schema": schema, "example": _PROBLEM_EXAMPLES.get(s, _generic_example(s))}
+            },
+        }
         for s in statuses
     }
+
+
+def _generic_example(status: int) -> dict[str, Any]:
+    title = _TITLES.get(status, "Error")
+    return {
+        "type": TYPE_BASE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": title,
+    }
+
+
+_PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    401: {
+        "type": TYPE_BASE + "unauthorized",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "this server needs an API key: send 'Authorization: Bearer <key>'",
+        "code": "unauthorized",
+    },
+    404: {
+        "type": TYPE_BASE + "not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "job 3f2a9c1e5b7d4e0f8a6b2c4d1e3f5a7b not found",
+        "code": "not_found",
+    },
+    409: {
+        "type": TYPE_BASE + "dataset-in-use",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "dataset 9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e is used by active job(s) 3f2a9c1e...; cancel them first",
+        "code": "dataset_in_use",
+    },
+    413: {
+        "type": TYPE_BASE + "upload-too-large",
+        "title": "Content too large",
+        "status": 413,
+        "detail": "the upload is larger than the limit of 200 MB (setting JOBFORMER_MAX_UPLOAD_MB); "
+        "split the file or raise the limit",
+        "code": "upload_too_large",
+    },
+    422: {
+        "type": TYPE_BASE + "invalid-config",
+        "title": "Invalid config",
+        "status": 422,
+        "detail": "the config does not fit the dataset: config.text_column: column 'body' not found; "
+        "the file has: label, text",
+        "code": "invalid_config",
+        "errors": [
+            {
+                "loc": ["config", "text_column"],
+                "msg": "column 'body' not found; the file has: label, text",
+                "type": "value_error",
+            }
+        ],
+    },
+    429: {
+        "type": TYPE_BASE + "too-many-active-jobs",
+        "title": "Too many requests",
+        "status": 429,
+        "detail": "8 jobs are already queued or running for this key (limit 8, setting "
+        "JOBFORMER_MAX_ACTIVE_JOBS_PER_KEY); wait for one to finish or cancel one",
+        "code": "too_many_active_jobs",
+    },
+    503: {
+        "type": TYPE_BASE + "not-ready",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "not ready: broker unavailable",
+        "code": "not_ready",
+        "checks": {"database": "ok", "broker": "error: no answer"},
+    },
+}

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A dataset id.")]
+DatasetId = Annotated[
+    str,
+    PathParam(pattern=ID_PATTERN, description="A dataset id.", examples=["9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"]),
+]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")]
 

@@ -66,11 +66,15 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id.")]
+JobId = Annotated[
+    str, PathParam(pattern=ID_PATTERN, description="A job id.", examples=["3f2a9c1e5b7d4e0f8a6b2c4d1e3f5a7b"])
+]
 # Checkpoint names are directory names written by core.ml.checkpoint ("step-00000100"). The pattern
 # keeps a download from naming anything else: no separators, no "..", no leading dot.
 CHECKPOINT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-CheckpointName = Annotated[str, PathParam(pattern=CHECKPOINT_NAME, description="e.g. step-00000100")]
+CheckpointName = Annotated[
+    str, PathParam(pattern=CHECKPOINT_NAME, description="A checkpoint name.", examples=["step-00000050"])
+]
 
 ACTIVE_JOBS_RETRY_AFTER = 30
 NO_WORKER_WARNING = (
@@ -601,7 +605,15 @@ def stream_tar_gz(directory: Path, arcname: str, chunk_size: int = 256 * 1024) -
     ),
     response_class=StreamingResponse,
     responses={
-        200: {"description": "A .tar.gz archive", "content": {"application/gzip": {}}},
+        200: {
+            "description": "A .tar.gz archive of the checkpoint directory",
+            "content": {
+                "application/gzip": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": "<step-00000050/model.safetensors, vocab.json, config.json, ... as .tar.gz>",
+                }
+            },
+        },
         **problem_responses(401, 404),
     },
 )
