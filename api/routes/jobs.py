@@ -395,7 +395,7 @@ async def create_job(
     try:
         await run_in_threadpool(_enqueue, job.id)
     except Exception as e:
-        log.error("job %s: enqueue failed: %s", job.id, e)
+        log.error("job %s: enqueue failed: %s", job.id, e, extra={"job_id": job.id})
         reason = e.__class__.__name__
         warnings.append("the broker is unreachable: the job is saved and will be sent when it is back")
 
@@ -404,7 +404,7 @@ async def create_job(
             session.commit()
 
         await run_in_threadpool(_note)
-    log.info("job %s queued (dataset %s)", job.id, job.dataset_id)
+    log.info("job %s queued (dataset %s)", job.id, job.dataset_id, extra={"job_id": job.id})
     response.headers["Location"] = f"/jobs/{job.id}"
 
     def _view() -> JobPublic:
@@ -651,7 +651,7 @@ def cancel_job(job_id: JobId, session: SessionDep, owner: OwnerDep) -> JobPublic
     store.request_cancel(session, job_id)
     session.commit()
     session.refresh(job)
-    log.info("job %s: cancel requested (now %s)", job_id, job.status)
+    log.info("job %s: cancel requested (now %s)", job_id, job.status, extra={"job_id": job_id})
     return job_public(job)
 
 
