@@ -132,7 +132,7 @@ class StoreRecorder(Callbacks):
         self._progress: dict | None = None
         self._points: list[MetricPoint] = []
         self._events: list[tuple[str, str, dict | None]] = []
-        self._last_progress = 0.0
+        self._last_progress: float | None = None  # None: nothing written yet, the first goes out at once
         self._last_metrics = time.monotonic()
 
     # -- stop -----------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class StoreRecorder(Callbacks):
     # -- callbacks ------------------------------------------------------------------------------------
     def on_progress(self, progress: Progress) -> None:
         self._progress = progress.as_dict()
-        if time.monotonic() - self._last_progress >= self.progress_every:
+        if self._last_progress is None or time.monotonic() - self._last_progress >= self.progress_every:
             self._safe(self.flush)
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
