@@ -10,8 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cli.service import find_redis_server, free_port
+from core.db.models import Checkpoint, Event, Job
+from core.db.session import make_engine
 from tests.integration.procs import Proc, alive, descendants, tiny_config, wait_for
 
 pytestmark = pytest.mark.integration
@@ -92,10 +96,34 @@ def test_up_runs_a_job_stops_cleanly_and_keeps_its_state(tmp_path: Path) -> None
         job = httpx.get(f"{base}/jobs/{job_id}", timeout=10)
         assert job.status_code == 200 and job.json()["status"] == "succeeded"
         assert httpx.get(f"{base}/datasets/{dataset_id}", timeout=10).status_code == 200
+        # Ctrl-C while a job trains: it saves a checkpoint and goes back to the queue for the next start.
+        long = tiny_config(max_steps=100_000, eval_every=100_000)
+        created = httpx.post(f"{base}/jobs", json={"dataset_id": dataset_id, "config": long}, timeout=30)
+        assert created.status_code == 202, created.text
+        long_id = created.json()["id"]
+        wait_for(
+            lambda: (
+                (httpx.get(f"{base}/jobs/{long_id}", timeout=10).json().get("progress") or {}).get("step", 0)
+                >= 10
+            ),
+            "the long job to train",
+            procs=(again,),
+        )
         children = _ctrl_c(again)
     finally:
         again.stop(5)
     assert sorted(pid for pid in children if alive(pid)) == []
+    engine = make_engine(f"sqlite:///{data_dir / 'jobformer.db'}")
+    try:
+        with Session(engine) as s:
+            job = s.get(Job, long_id)
+            assert (job.status, job.attempts) == ("queued", 0)
+            kinds = s.scalars(select(Event.kind).where(Event.job_id == long_id).order_by(Event.id)).all()
+            assert kinds[-1] == "requeued"
+            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == long_id)).all()
+            assert max(steps) >= 10 and max(steps) % 5 == 0  # saved where it stopped
+    finally:
+        engine.dispose()
 
 
 def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
