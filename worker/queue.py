@@ -29,6 +29,16 @@ _clients: dict[tuple[int, str, float], redis.Redis] = {}
 _workers_cache: dict[tuple[str, str], tuple[float, int]] = {}
 
 
+def _reinit_lock_in_child() -> None:
+    # The worker forks its pool children while the reaper thread may hold this lock: a child would
+    # inherit it locked and hang on its first enqueue (the SIGTERM hand-off).
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_lock_in_child)
+
+
 def get_app() -> Celery:
     """The Celery app for the current settings, one per process (and per broker URL and queue)."""
     settings = get_settings()

@@ -157,7 +157,7 @@ def test_cancel_running_job(env: dict[str, str], tmp_path: Path) -> None:
 
 def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path: Path) -> None:
     data_dir = Path(env["JOBFORMER_DATA_DIR"])
-    job_id = create_job(data_dir, tiny_config(max_steps=400, eval_every=50))
+    job_id = create_job(data_dir, tiny_config(max_steps=250, eval_every=50))
     first = start_worker(tmp_path, "first")
     second = None
     try:
@@ -181,7 +181,7 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
         )
         job = job_row(job_id)
         assert (job.status, job.attempts, job.error_code) == ("succeeded", 2, None)
-        assert job.result["steps"] == 400 and job.progress["step"] == 400
+        assert job.result["steps"] == 250 and job.progress["step"] == 250
         events = _events(job_id)
         kinds = [k for k, _ in events]
         assert kinds.count("started") == 1 and "requeued" in kinds
@@ -190,8 +190,8 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
         assert resumed[1] == {"step": resume_step}  # the loop's own event: it loaded that checkpoint
         # One continuous loss curve: every step once, in order, across both runs.
         curves = _curves(job_id)
-        assert curves["train_loss"] == list(range(10, 401, 10))
-        assert curves["val_loss"] == list(range(50, 401, 50))
+        assert curves["train_loss"] == list(range(10, 251, 10))
+        assert curves["val_loss"] == list(range(50, 251, 50))
     finally:
         first.stop(5)
         if second is not None:
@@ -200,7 +200,7 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
 
 def test_sigterm_hands_job_back_and_another_worker_finishes_it(env: dict[str, str], tmp_path: Path) -> None:
     data_dir = Path(env["JOBFORMER_DATA_DIR"])
-    job_id = create_job(data_dir, tiny_config(max_steps=400, eval_every=1000))
+    job_id = create_job(data_dir, tiny_config(max_steps=250, eval_every=1000))
     first = start_worker(tmp_path, "first")
     second = None
     try:
@@ -221,7 +221,7 @@ def test_sigterm_hands_job_back_and_another_worker_finishes_it(env: dict[str, st
         assert (job.status, job.attempts) == ("succeeded", 1)
         resumed = [d for k, d in _events(job_id) if k == "resumed"]
         assert resumed[0]["step"] == stopped_at
-        assert _curves(job_id)["train_loss"] == list(range(10, 401, 10))
+        assert _curves(job_id)["train_loss"] == list(range(10, 251, 10))
     finally:
         first.stop(5)
         if second is not None:
