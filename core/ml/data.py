@@ -590,9 +590,13 @@ class _Counts:
 
 
 def _examples(
-    path: Path, fmt: FileFormat, cols: _Columns, counts: _Counts
+    path: Path, fmt: FileFormat, cols: _Columns, counts: _Counts, keep_empty: bool = False
 ) -> Iterator[tuple[str, str | None]]:
-    """(text, label) of every usable row, counting the skipped ones in ``counts``."""
+    """(text, label) of every usable row, counting the skipped ones in ``counts``.
+
+    ``keep_empty`` keeps empty lines of a plain-text file for language modelling: there a blank line is
+    part of the text (paragraph breaks), and dropping it would change the token stream.
+    """
     records = _records(path, fmt)
     if fmt.header:
         next(records, None)
@@ -611,7 +615,7 @@ def _examples(
         label = None
         if cols.label is not None:
             label = rec[cols.label].strip() if cols.label < len(rec) else ""
-        if not text.strip():
+        if not text.strip() and not keep_empty:
             counts.empty_text += 1
             counts.first_empty = counts.first_empty or line
             continue
@@ -728,7 +732,8 @@ def load_texts(path: str | Path, config: TrainConfig, *, file_format: FileFormat
         counts = _Counts()
         texts: list[str] = []
         labels: list[str] = []
-        for text, label in _examples(path, fmt, cols, counts):
+        keep_empty = config.task == "language_modeling" and fmt.kind == "text"
+        for text, label in _examples(path, fmt, cols, counts, keep_empty):
             texts.append(text)
             if label is not None:
                 labels.append(label)
@@ -739,7 +744,7 @@ def load_texts(path: str | Path, config: TrainConfig, *, file_format: FileFormat
     counts: _Counts = holder["counts"]  # type: ignore[assignment]
     cols: _Columns = holder["cols"]  # type: ignore[assignment]
     warnings += counts.warnings(holder["columns"], cols, fmt.delimiter)  # type: ignore[arg-type]
-    if not texts:
+    if not any(t.strip() for t in texts):
         raise DataError(
             f"no usable rows: all {counts.rows:,} rows have an empty text or label",
             problems=[Problem(["config", "text_column"], "no non-empty text in this column")],

@@ -173,10 +173,11 @@ def test_plain_text_one_document_per_line(tmp_path):
         assert data.texts == [
             "First Citizen:",
             "Before we proceed any further, hear me speak.",
+            "",  # a blank line is a paragraph break: kept for language modelling
             "All:",
             "Speak, speak.",
         ]
-        assert (data.rows, data.skipped_rows, data.labels) == (5, 1, None)
+        assert (data.rows, data.skipped_rows, data.labels) == (5, 0, None)
 
 
 def test_empty_and_duplicate_header_names(tmp_path):
@@ -490,4 +491,7 @@ def test_tiny_shakespeare_as_plain_text(shared_data):
     assert (info.columns, info.rows) == (["text"], 40000)
     assert info.preview[0] == {"text": "First Citizen:"}
     data = load_texts(path, TrainConfig(task="language_modeling"))
-    assert (data.rows, data.skipped_rows, len(data.texts)) == (40000, 7223, 32777)
+    # Blank lines are paragraph breaks, part of the text for language modelling: nothing is skipped, and
+    # the lines joined back give the file exactly.
+    assert (data.rows, data.skipped_rows, len(data.texts)) == (40000, 0, 40000)
+    assert "\n".join(data.texts) + "\n" == path.read_text(encoding="utf-8")
