@@ -282,7 +282,9 @@ def train(
         if len(starts) * T > LM_EVAL_MAX_TOKENS:
             starts = starts[torch.linspace(0, len(starts) - 1, LM_EVAL_MAX_TOKENS // T).long()]
         val_windows = val_stream[starts[:, None] + torch.arange(T + 1)]  # (n, T + 1)
-        window_offsets = torch.arange(T + 1)
+        # The whole stream lives on the device (it is small next to the model's activations): a batch is
+        # one gather, with no per-step host-to-device copy.
+        train_stream, window_offsets = train_stream.to(device), torch.arange(T + 1, device=device)
         steps_per_epoch = max(1, len(train_stream) // (tc.batch_size * T))
         data_info = {
             "rows": data.rows,
@@ -399,8 +401,9 @@ def train(
             xb = train_x[idx, : int(lengths.max())].to(device, non_blocking=True)  # (B, L<=T)
             yb = train_y[idx].to(device, non_blocking=True)  # (B,)
         else:
-            ix = torch.randint(len(train_stream) - T, (tc.batch_size,), generator=data_gen)
-            w = train_stream[ix[:, None] + window_offsets].to(device, non_blocking=True)  # (B, T + 1)
+            # Offsets drawn on the CPU generator (same stream on every device), gathered where the data is.
+            ix = torch.randint(len(train_stream) - T, (tc.batch_size,), generator=data_gen).to(device)
+            w = train_stream[ix[:, None] + window_offsets]  # (B, T + 1)
             xb, yb = w[:, :-1], w[:, 1:]
             n_tok = tc.batch_size * T
         with autocast:
