@@ -92,7 +92,8 @@ def _fail(message: str) -> None:
 def train_command(data: Path, config_arg: str, out_dir: Path, as_json: bool, quiet: bool) -> None:
     """Train a model on DATA (CSV/TSV/text) with the config CFG, writing checkpoints under OUT.
 
-    Ctrl-C stops cleanly after saving a checkpoint; run the same command again to resume.
+    Ctrl-C stops cleanly after saving a checkpoint (exit status 130); run the same command again to
+    resume. Exit status 2: a bad config or data file, or a diverged run (one line on stderr).
     """
     from core.ml.config import parse_config
     from core.ml.errors import JobformerError
@@ -134,6 +135,8 @@ def train_command(data: Path, config_arg: str, out_dir: Path, as_json: bool, qui
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         click.echo(f"{result.status} after {result.steps} steps: {metrics}")
         click.echo(f"best checkpoint: {result.checkpoint}")
+    if result.status == "stopped":  # Ctrl-C: the conventional status, so scripts see the run did not finish
+        raise SystemExit(130)
 
 
 @click.command("predict")

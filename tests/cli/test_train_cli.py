@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -116,3 +118,28 @@ def test_predict_empty_directory_is_an_error(tmp_path):
     r = CliRunner().invoke(cli, ["predict", str(tmp_path), "x"])
     assert r.exit_code == 2
     assert "neither a checkpoint directory nor a run" in r.stderr
+
+
+def test_ctrl_c_stops_with_a_checkpoint(data, tmp_path):
+    config = json.dumps({"task": "classification", "model": TINY_MODEL, "training": {"max_steps": 100000}})
+    out = tmp_path / "run"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "train", str(data), "-c", config, "-o", str(out), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        for line in p.stderr:  # the loop has started once the data is loaded
+            if line.startswith("data_loaded"):
+                break
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "stopped"
+    assert summary["steps"] % 5 == 0 and 0 < summary["steps"] < 100000
+    assert (out / "checkpoints" / f"step-{summary['steps']:08d}" / "model.safetensors").is_file()
