@@ -279,6 +279,13 @@ def add_checkpoint(
             "checkpoint": info.name,
         }
         _update_job(s, job_id, [], best=best)
+    add_event(
+        s,
+        job_id,
+        "checkpoint",
+        f"checkpoint {info.name} saved at step {info.step}" + (" (best so far)" if info.is_best else ""),
+        {"name": info.name, "step": info.step, "is_best": info.is_best, "size_bytes": info.size_bytes},
+    )
     s.flush()
 
 

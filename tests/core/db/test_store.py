@@ -225,6 +225,14 @@ def test_checkpoints_best_and_pruning(db_session: Session) -> None:
         "checkpoint": "step-00000030",
     }
     assert store.latest_checkpoint_step(db_session, job_id) == 30
+    events = db_session.execute(
+        select(Event.message).where(Event.job_id == job_id, Event.kind == "checkpoint").order_by(Event.id)
+    ).scalars()
+    assert list(events) == [
+        "checkpoint step-00000010 saved at step 10 (best so far)",
+        "checkpoint step-00000020 saved at step 20",
+        "checkpoint step-00000030 saved at step 30 (best so far)",
+    ]
 
 
 def _make_stale(s: Session, job_id: str) -> None:
