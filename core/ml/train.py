@@ -16,6 +16,7 @@ average are all in trainer_state.pt. N steps, a stop, then N more give the param
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import random
@@ -303,6 +304,15 @@ def train(
         f"({data.skipped_rows:,} skipped), vocabulary {len(vocab):,}",
         {**data_info, "vocab_size": len(vocab), "labels": label_names, "warnings": warnings},
     )
+    # Drop the Python-object copies of the data (millions of strings and ints for a large file): the
+    # tensors above hold all the loop needs, and the cyclic GC would otherwise rescan them for the
+    # whole run (measured: ~20% fewer tokens/s on tiny_shakespeare).
+    del data, token_lists
+    if classify:
+        del rows
+    else:
+        del stream, train_docs, ids
+    gc.collect()
     for w in warnings:
         cb.on_event("warning", w)
 
