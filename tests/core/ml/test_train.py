@@ -223,4 +223,4 @@ def test_sms_spam_learns(shared_data, tmp_path):
     result = train(config, shared_data / "sms_spam" / "SMSSpamCollection.tsv", tmp_path / "run")
     assert result.data["rows"] == 5574
     assert result.data["train_rows"] + result.data["val_rows"] + result.data["skipped_rows"] == 5574
-    assert result.metrics["val_f1_macro"] >= 0.85
+    assert result.metrics["val_f1_macro"] >= 0.90  # 0.948 measured
