@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDERS = ("change-me", "changeme", "placeholder", "secret", "example")
 
 
 class Settings(BaseSettings):
@@ -55,6 +57,20 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        # Compose ships a placeholder key so a first `docker compose up` works; production must not run with it.
+        if self.environment == "production":
+            if not self.api_keys:
+                raise ValueError("JOBFORMER_API_KEYS must be set when JOBFORMER_ENVIRONMENT=production")
+            weak = [k for k in self.api_keys if len(k) < 16 or any(p in k.lower() for p in PLACEHOLDERS)]
+            if weak:
+                raise ValueError(
+                    "JOBFORMER_API_KEYS holds a placeholder or short key (< 16 characters); set real keys, "
+                    "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+                )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
