@@ -347,6 +347,9 @@ def train(
         ckpt.restore_rng_state(state["rng"])  # last: building the model above consumed the global RNG
         cb.on_event("resumed", f"resumed from {resume_dir.name} at step {step}", {"step": step})
 
+    def current_metrics() -> dict[str, float]:
+        return {**({"train_loss": train_loss} if train_loss is not None else {}), **last_val}
+
     def save(is_best: bool, metrics: dict[str, float]):
         trainer_state = {
             "optimizer": optimizer.state_dict(),
@@ -494,7 +497,7 @@ def train(
                 evals_since_best = 0
             else:
                 evals_since_best += 1
-            metrics = {**({"train_loss": train_loss} if train_loss is not None else {}), **last_val}
+            metrics = current_metrics()
             cb.on_event("evaluation", f"step {step}: {metric_name} {value:.4f}", {"step": step, **metrics})
             if step % steps_per_epoch == 0:
                 cb.on_event(
@@ -504,7 +507,8 @@ def train(
                 )
             save(is_best, metrics)
             saved_step = step
-            if tc.early_stopping_patience and evals_since_best >= tc.early_stopping_patience:
+            patience = tc.early_stopping_patience
+            if patience and evals_since_best >= patience and step < total_steps:
                 status = "early_stopped"
                 cb.on_event(
                     "early_stop",
@@ -524,12 +528,12 @@ def train(
                     "time_limit", f"training.max_time_seconds ({tc.max_time_seconds:g}) spent at step {step}"
                 )
             if saved_step != step:
-                metrics = {**({"train_loss": train_loss} if train_loss is not None else {}), **last_val}
+                metrics = current_metrics()
                 save(False, metrics)
                 saved_step = step
             break
 
-    final = {**({"train_loss": train_loss} if train_loss is not None else {}), **last_val}
+    final = current_metrics()
     if resume_dir is not None and not last_val:
         final = {**saved_meta.get("metrics", {}), **final}
     best_path = (
