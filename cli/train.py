@@ -168,7 +168,15 @@ def predict_command(
             raise click.ClickException(
                 f"{target!r} is not a directory, and predicting through the API is not available"
             ) from None
-        predict_remote(target, list(texts), as_json=as_json)
+        predict_remote(
+            target,
+            list(texts),
+            as_json=as_json,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        )
         return
 
     from core.ml.errors import JobformerError
