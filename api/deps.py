@@ -8,18 +8,23 @@ owner recorded on datasets and jobs is a short hash id of the key, never the key
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.errors import ProblemError
 from core.db.session import get_sessionmaker
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def hash_key(key: str) -> bytes:
@@ -65,10 +70,18 @@ def get_db(request: Request) -> Iterator[Session]:
     try:
         yield session
     except BaseException:
-        session.rollback()
+        # A failed rollback (the database went away) must not replace the route's own error.
+        with contextlib.suppress(DBAPIError):
+            session.rollback()
         raise
     finally:
-        session.close()
+        try:
+            session.close()
+        except DBAPIError as exc:
+            # This runs after the response was sent: the database went away in between (a restart).
+            # Raising here cannot change the answer; it would only make the server drop the client's
+            # keep-alive connection. SQLAlchemy has invalidated the dead connection already.
+            log.warning("closing the request's database session failed: %s", str(exc).splitlines()[0])
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
