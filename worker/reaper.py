@@ -8,12 +8,19 @@ Every ``heartbeat_timeout / 4`` seconds it
    reach the broker after committing the job). Sending a job twice is harmless: the claim is atomic.
 
 Every worker runs one; the conditional updates in the store make them safe to race.
+
+After a pass that could not reach the database, the reaper declares no job lost for one heartbeat timeout:
+during a database outage no heartbeat can be written, so every running job looks stale the moment the
+database is back, though its worker is alive and will beat within ``heartbeat_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+
+from sqlalchemy import select
 
 from core.db import store
 from core.db.session import session_scope
@@ -31,6 +38,8 @@ class Reaper(threading.Thread):
         self.timeout = settings.heartbeat_timeout_seconds
         self.interval = max(0.25, self.timeout / 4)
         self._halt = threading.Event()
+        self._db_down = False  # the last pass could not reach the database
+        self._db_back_at: float | None = None  # when it was reachable again (monotonic)
 
     def stop(self) -> None:
         self._halt.set()
@@ -56,10 +65,22 @@ class Reaper(threading.Thread):
             queue.register_worker(self.node, ttl_seconds=max(3 * self.interval, 10.0))
         except Exception as exc:  # noqa: BLE001
             log.warning("reaper: broker unreachable: %s", exc)
+        requeued: list[str] = []
+        ended: list[str] = []
         try:
             with session_scope() as s:
-                requeued, ended = store.requeue_stale_jobs(s, timeout_seconds=self.timeout)
+                if self._after_outage():
+                    s.execute(select(1))  # reachable again? then heartbeats get one timeout to land
+                    if self._db_down:
+                        self._db_down, self._db_back_at = False, time.monotonic()
+                        log.info(
+                            "reaper: the database is reachable again; no job is declared lost for %.1f s",
+                            self.timeout,
+                        )
+                else:
+                    requeued, ended = store.requeue_stale_jobs(s, timeout_seconds=self.timeout)
         except Exception as exc:  # noqa: BLE001 - e.g. the database is restarting
+            self._db_down, self._db_back_at = True, None
             log.warning("reaper: could not check for stale jobs: %s", exc)
             return
         for job_id in ended:
@@ -68,6 +89,12 @@ class Reaper(threading.Thread):
             log.warning("job %s requeued: its worker was lost", job_id, extra={"job_id": job_id})
         self._send(requeued)
         self._resend_lost_messages()
+
+    def _after_outage(self) -> bool:
+        """True while the database is down or was back less than one heartbeat timeout ago."""
+        if self._db_down:
+            return True
+        return self._db_back_at is not None and time.monotonic() - self._db_back_at < self.timeout
 
     def _resend_lost_messages(self) -> None:
         try:
