@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from cli.client import key_option, predict_remote, url_option
 from core.ml.callbacks import Callbacks, CheckpointInfo, Progress
 
 EXIT_USER_ERROR = 2
@@ -147,6 +148,8 @@ def train_command(data: Path, config_arg: str, out_dir: Path, as_json: bool, qui
 @click.option("--temperature", default=1.0, show_default=True, help="Language models: sampling temperature.")
 @click.option("--top-k", default=None, type=int, help="Language models: sample from the k likeliest tokens.")
 @click.option("--seed", default=None, type=int, help="Language models: seed for a reproducible sample.")
+@url_option
+@key_option
 def predict_command(
     target: str,
     texts: tuple[str, ...],
@@ -155,6 +158,8 @@ def predict_command(
     temperature: float,
     top_k: int | None,
     seed: int | None,
+    url: str,
+    api_key: str | None,
 ) -> None:
     """Predict with TARGET: a run or checkpoint directory (locally), or a job id (through the API).
 
@@ -162,15 +167,11 @@ def predict_command(
     prompt, and the generated continuation is printed.
     """
     if not Path(target).is_dir():
-        try:
-            from cli.client import predict_remote
-        except ImportError:
-            raise click.ClickException(
-                f"{target!r} is not a directory, and predicting through the API is not available"
-            ) from None
         predict_remote(
             target,
             list(texts),
+            url,
+            api_key=api_key,
             as_json=as_json,
             max_new_tokens=max_new_tokens,
             temperature=temperature,

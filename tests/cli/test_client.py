@@ -213,3 +213,6 @@ def test_predict_remote_without_a_checkpoint_says_so(server, data_file):
         cli, ["predict", job_id, "hello"], env={"JOBFORMER_API_KEY": "cli-test-key", "JOBFORMER_URL": server}
     )
     assert r.exit_code == 2 and "has no checkpoint yet" in r.stderr
+    # ... and with --url / --api-key given as flags
+    r = CliRunner().invoke(cli, ["predict", job_id, "hello", "--url", server, "--api-key", "cli-test-key"])
+    assert r.exit_code == 2 and "has no checkpoint yet" in r.stderr
