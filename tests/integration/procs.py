@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -155,10 +157,156 @@ class Proc:
         self._log.close()
 
 
-def start_worker(tmp_path: Path, name: str = "worker") -> Proc:
-    """A real `jobformer worker` (prefork, one child per job) with the test's environment."""
+def start_worker(tmp_path: Path, name: str = "worker", env: dict[str, str] | None = None) -> Proc:
+    """A real `jobformer worker` (prefork, one child per job) with the test's environment (``os.environ``
+    unless ``env`` is given)."""
     log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    return Proc([sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"], log)
+    return Proc([sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"], log, env=env)
+
+
+def start_api(tmp_path: Path, port: int, env: dict[str, str] | None = None) -> Proc:
+    """A real `jobformer serve` on 127.0.0.1:``port`` (wait for ``/healthz`` before using it)."""
+    log = tmp_path / f"api-{uuid.uuid4().hex[:6]}.log"
+    args = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--log-level", "warning"]
+    return Proc(args, log, env=env)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A `redis-server` of the test's own on a free port, which the test may kill and start again on the
+    same port and directory. ``persistent``: AOF with ``appendfsync always`` (as compose runs Redis with
+    ``--appendonly yes``), so the queue and the unacked messages survive a crash; otherwise nothing is kept."""
+
+    def __init__(self, directory: Path, persistent: bool = True) -> None:
+        self.directory = directory
+        self.persistent = persistent
+        self.port = free_port()
+        self.proc: Proc | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 30) -> None:
+        """Start it (again) and wait until it answers PING."""
+        import redis
+
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        args += ["--save", "", "--protected-mode", "no"]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
+        self.proc = Proc(args, self.directory / "redis.log")
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            wait_for(lambda: _pings(client), f"redis-server on port {self.port}", timeout, (self.proc,))
+        finally:
+            client.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop it with ``sig`` (SIGKILL: a crash, nothing flushed at exit) and reap it."""
+        if self.proc is not None:
+            self.proc.signal(sig)
+            self.proc.wait(30)
+            self.proc.stop(5)
+            self.proc = None
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 (a free port) to ``target``, which a test can cut to simulate a server
+    outage: ``cut()`` closes every open connection (the clients see the server hang up) and closes the
+    listening port (new connections are refused) until ``restore()`` opens it again on the same port.
+    Threads only; every socket it opens it closes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.connections = 0  # accepted so far
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="proxy-accept", daemon=True).start()
+        return self
+
+    restore = start
+
+    def cut(self) -> None:
+        """Close the listening socket and every connection through the proxy."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            _close(listener)  # shutdown() wakes the thread blocked in accept()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            _close(conn)
+
+    stop = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                if self._listener is not listener:  # cut while we connected
+                    _close(client)
+                    _close(upstream)
+                    return
+                self._conns.update((client, upstream))
+                self.connections += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(src)
+                self._conns.discard(dst)
+            _close(src)
+            _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def wait_for(
@@ -208,3 +356,50 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# ------------------------------------------------------------------------------ reading a job's records
+
+
+def job_events(job_id: str) -> list[tuple[str, str, dict | None]]:
+    """``(kind, message, data)`` of every event of the job, in order."""
+    from sqlalchemy import select
+
+    from core.db.models import Event
+
+    with session_scope() as s:
+        rows = s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))
+        return [(e.kind, e.message, e.data) for e in rows]
+
+
+def job_curves(job_id: str) -> dict[str, list[int]]:
+    """Steps of every metric curve (``"train_loss"``, ``"val_loss"``...), in insertion order."""
+    from sqlalchemy import select
+
+    from core.db.models import MetricPoint
+
+    curves: dict[str, list[int]] = {}
+    with session_scope() as s:
+        for p in s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id)):
+            curves.setdefault(f"{p.split}_{p.name}", []).append(p.step)
+    return curves
+
+
+def job_checkpoints(job_id: str) -> list[tuple[str, int, bool, str]]:
+    """``(name, step, is_best, path relative to the data dir)`` of the job's checkpoint rows, by step."""
+    from sqlalchemy import select
+
+    from core.db.models import Checkpoint
+
+    with session_scope() as s:
+        rows = s.execute(
+            select(Checkpoint.name, Checkpoint.step, Checkpoint.is_best, Checkpoint.path)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def job_step(job_id: str) -> int:
+    """The step of the job's last recorded progress (0 before any)."""
+    return (job_row(job_id).progress or {}).get("step", 0)
