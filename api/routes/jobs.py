@@ -239,6 +239,21 @@ def _info_from_row(d: Dataset) -> DatasetInfo | None:
         return None
 
 
+def _commit_job(
+    session: Session, settings: Settings, dataset: Dataset, config: TrainConfig, owner: str | None
+) -> Job:
+    """Record the job (queued, with its resolved config) and commit, so a worker can find it once enqueued."""
+    job = store.create_job(
+        session,
+        dataset_id=dataset.id,
+        config=config.model_dump(mode="json"),
+        owner=owner,
+        max_attempts=settings.max_attempts,
+    )
+    session.commit()
+    return job
+
+
 def _raise_problems(problems: list[Problem]) -> None:
     if problems:
         raise ConfigError(
@@ -327,15 +342,7 @@ async def create_job(
             except BaseException:
                 upload.discard()
                 raise
-            job = store.create_job(
-                session,
-                dataset_id=dataset.id,
-                config=config.model_dump(mode="json"),
-                owner=owner,
-                max_attempts=settings.max_attempts,
-            )
-            session.commit()
-            return job
+            return _commit_job(session, settings, dataset, config, owner)
 
         job = await run_in_threadpool(_check_and_create)
     else:
@@ -376,15 +383,7 @@ async def create_job(
                 )
             path = settings.data_dir / dataset.path
             _raise_problems(check_config(path, config, _info_from_row(dataset)))
-            job = store.create_job(
-                session,
-                dataset_id=dataset.id,
-                config=config.model_dump(mode="json"),
-                owner=owner,
-                max_attempts=settings.max_attempts,
-            )
-            session.commit()
-            return job
+            return _commit_job(session, settings, dataset, config, owner)
 
         job = await run_in_threadpool(_check_and_create_json)
 
