@@ -6,14 +6,16 @@ each run, or SQLite in a temporary directory with ``--db sqlite``), Redis 127.0.
 number and its own queue name (so no other worker can take the job). It uploads the SMS spam file, starts
 a training job on it, then measures three phases of ``--duration`` seconds each:
 
-    quiet-before  only this script's monitor reads the job (2 requests/s)
+    quiet-before  no requests; the job trains alone
     load          ``--clients`` concurrent clients poll GET /jobs/{id} back to back (asyncio + httpx)
-    quiet-after   the monitor alone again (shows drift: evaluations, other load on the machine)
+    quiet-after   no requests again (shows drift: evaluations, other load on the machine, and how long
+                  the API takes to drain what the pollers left in flight)
 
 and prints requests/s, p50/p99 latency and errors of the pollers (errors must be 0), and the training
 throughput in each phase: tokens/s from the job's progress (the ``step`` it reports, times the tokens in a
 step: the job is a character language model on the SMS texts, so every step is exactly batch x context
-tokens), and the ratio with pollers / without. Then it cancels the job and stops everything. Exit code 1
+tokens), and the ratio with pollers / without. The progress is read twice a second straight from the
+database by a thread of this script, so the training measurement does not depend on the API answering. Then it cancels the job and stops everything. Exit code 1
 if any poller request failed. Usage::
 
     python bench/api_load.py [--clients 200] [--duration 30] [--db postgres|sqlite] [--quick] [--json]
@@ -27,12 +29,14 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,29 +125,43 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Monitor:
-    """Reads the job twice a second through its own connection; records (time, step) samples."""
+    """Samples the job's progress twice a second straight from the database, in a thread of its own,
+    so that the training throughput is measured even while the API is slow or stuck."""
 
-    def __init__(self, client: httpx.AsyncClient, job_id: str) -> None:
-        self.client, self.job_id = client, job_id
+    def __init__(self, database_url: str, job_id: str) -> None:
+        from sqlalchemy import create_engine, select
+
+        from core.db.models import Job
+        from core.db.session import normalize_url
+
+        self.engine = create_engine(normalize_url(database_url), pool_size=1, max_overflow=0)
+        self.query = select(Job.progress).where(Job.id == job_id)
         self.samples: list[tuple[float, int]] = []
         self.last: dict = {}
         self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    def _run(self) -> None:
+        while not self._stop.is_set():
             try:
-                r = await self.client.get(f"/jobs/{self.job_id}")
-                if r.status_code == 200:
-                    self.last = r.json()
-                    progress = self.last.get("progress") or {}
-                    if "step" in progress:
-                        self.samples.append((time.perf_counter(), int(progress["step"])))
-                else:
-                    self.errors += 1
-            except httpx.HTTPError:
+                with self.engine.connect() as conn:
+                    progress = conn.execute(self.query).scalar() or {}
+                if "step" in progress:
+                    self.last = progress
+                    self.samples.append((time.perf_counter(), int(progress["step"])))
+            except Exception:  # noqa: BLE001 - counted and reported; the measurement goes on
                 self.errors += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
 
     def step_at(self, t: float) -> tuple[float, int]:
         """The last sample at or before ``t``."""
@@ -151,8 +169,8 @@ class Monitor:
         return before[-1] if before else self.samples[0]
 
     def tokens_per_second(self, t0: float, t1: float) -> float:
-        """Training tokens/s between two moments, from the steps the job reported (progress is written
-        about once a second, so the window's ends are read from the samples nearest before them)."""
+        """Training tokens/s between two moments, from the steps the job reported (the worker writes its
+        progress about once a second, so the window's ends are the samples nearest before them)."""
         (a_t, a_step), (b_t, b_step) = self.step_at(t0), self.step_at(t1)
         return (b_step - a_step) * TOKENS_PER_STEP / (b_t - a_t) if b_t > a_t else 0.0
 
@@ -171,11 +189,12 @@ async def poller(client: httpx.AsyncClient, path: str, deadline: float, lat: lis
             errs.append(type(e).__name__)
 
 
-async def measure(base_url: str, key: str, job_id: str, clients: int, duration: float) -> dict:
+async def measure(
+    base_url: str, key: str, job_id: str, clients: int, duration: float, monitor: Monitor
+) -> dict:
     headers = {"Authorization": f"Bearer {key}"}
     phases: dict[str, tuple[float, float]] = {}
     async with (
-        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as mon_client,
         # One connection per client: each poller is a separate keep-alive connection, as 200 users are.
         httpx.AsyncClient(
             base_url=base_url,
@@ -184,9 +203,6 @@ async def measure(base_url: str, key: str, job_id: str, clients: int, duration: 
             limits=httpx.Limits(max_connections=clients, max_keepalive_connections=clients),
         ) as load_client,
     ):
-        monitor = Monitor(mon_client, job_id)
-        stop = asyncio.Event()
-        mon_task = asyncio.create_task(monitor.run(stop))
         t = time.perf_counter()
         await asyncio.sleep(duration)
         phases["quiet_before"] = (t, time.perf_counter())
@@ -203,8 +219,6 @@ async def measure(base_url: str, key: str, job_id: str, clients: int, duration: 
         t = time.perf_counter()
         await asyncio.sleep(duration)
         phases["quiet_after"] = (t, time.perf_counter())
-        stop.set()
-        await mon_task
 
     lat.sort()
     load_s = phases["load"][1] - phases["load"][0]
@@ -226,8 +240,8 @@ async def measure(base_url: str, key: str, job_id: str, clients: int, duration: 
         "monitor_errors": monitor.errors,
         "training_tokens_per_second": throughput,
         "training_ratio_load_vs_quiet": throughput["load"] / quiet if quiet else float("nan"),
-        "job_progress_tokens_per_second": (monitor.last.get("progress") or {}).get("tokens_per_second"),
-        "job_step": (monitor.last.get("progress") or {}).get("step"),
+        "job_progress_tokens_per_second": monitor.last.get("tokens_per_second"),
+        "job_step": monitor.last.get("step"),
     }
 
 
@@ -299,8 +313,13 @@ def run(args: argparse.Namespace) -> dict:
 
             wait_until(warmed_up, f"the job to pass step {args.warmup_steps}", 300, procs)
             print(f"job {job_id} training; measuring {args.duration:g} s per phase", flush=True)
-            result = asyncio.run(measure(base_url, key, job_id, args.clients, args.duration))
+            db_url = database_url or f"sqlite:///{tmp_path / 'data' / 'jobformer.db'}"
+            with Monitor(db_url, job_id) as monitor:
+                result = asyncio.run(measure(base_url, key, job_id, args.clients, args.duration, monitor))
             result["database"] = "postgresql" if database_url else "sqlite"
+            if result["errors"] or result["monitor_errors"]:
+                for p in procs:
+                    print(f"--- {p.name} log (tail) ---\n{p.tail(4000)}", file=sys.stderr)
             return result
         finally:
             if job_id is not None:
@@ -309,6 +328,10 @@ def run(args: argparse.Namespace) -> dict:
             client.close()
             for p in reversed(procs):  # the worker first: its job checkpoints and stops
                 p.stop(timeout=30)
+            if args.log_dir:
+                args.log_dir.mkdir(parents=True, exist_ok=True)
+                for p in procs:
+                    shutil.copy(p.log, args.log_dir / p.log.name)
             with contextlib.suppress(Exception):
                 import redis
 
@@ -325,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=20, help="job steps before measuring")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 clients, 3 s phases")
     p.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    p.add_argument("--log-dir", type=Path, help="copy the API and worker logs here at the end")
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.duration, args.warmup_steps = min(args.clients, 10), 3.0, 2

@@ -165,50 +165,71 @@ def evaluate(model: nn.Module, windows: torch.Tensor) -> float:
     return total / len(windows)
 
 
-def run_reference(path: Path, steps: int, seed: int) -> dict:
-    """nanoGPT's training loop (train.py, CPU, no gradient accumulation) on the shared stream."""
-    text = load_stream(path)
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
-    train_ids, val_ids = split_stream(ids)
-    windows = val_windows(val_ids, CONTEXT)
-    torch.manual_seed(seed)
-    model = GPT(len(chars))
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    # nanoGPT asks for the fused kernel only on CUDA; on the CPU torch picks its foreach kernel.
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=LR,
-        betas=(0.9, 0.99),
-    )
-    gen = torch.Generator().manual_seed(seed)
+class ReferenceLoop:
+    """nanoGPT's training loop (train.py, CPU, no gradient accumulation) on the shared stream, one
+    optimizer step per ``step()`` call so that it can run interleaved with jobformer's loop."""
 
-    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(len(train_ids) - CONTEXT, (BATCH,), generator=gen)
-        x = torch.stack([train_ids[i : i + CONTEXT] for i in ix])
-        y = torch.stack([train_ids[i + 1 : i + 1 + CONTEXT] for i in ix])
+    def __init__(self, path: Path, steps: int, seed: int) -> None:
+        text = load_stream(path)
+        self.chars = sorted(set(text))
+        stoi = {c: i for i, c in enumerate(self.chars)}
+        self.ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+        self.train_ids, val_ids = split_stream(self.ids)
+        self.windows = val_windows(val_ids, CONTEXT)
+        self.steps = steps
+        torch.manual_seed(seed)
+        self.model = GPT(len(self.chars))
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # nanoGPT asks for the fused kernel only on CUDA; on the CPU torch picks its foreach kernel.
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=LR,
+            betas=(0.9, 0.99),
+        )
+        self.gen = torch.Generator().manual_seed(seed)
+        self.it = 0
+        self.train_s = 0.0  # wall time of steps 2..N (the first step is left out, as for jobformer)
+        self.train_loss = float("nan")
+        self.model.train()
+
+    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ix = torch.randint(len(self.train_ids) - CONTEXT, (BATCH,), generator=self.gen)
+        x = torch.stack([self.train_ids[i : i + CONTEXT] for i in ix])
+        y = torch.stack([self.train_ids[i + 1 : i + 1 + CONTEXT] for i in ix])
         return x, y
 
-    model.train()
-    t_first = 0.0
-    t0 = time.perf_counter()
-    for it in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = nanogpt_lr(it, steps)
-        x, y = get_batch()
-        loss = model(x, y)
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = nanogpt_lr(self.it, self.steps)
+        x, y = self.get_batch()
+        loss = self.model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_loss = loss.item()  # nanoGPT's CPU command logs every iteration
-        if it == 0:
-            t_first = time.perf_counter()
-    t_end = time.perf_counter()
-    val_loss = evaluate(model, windows)
-    return _summary(steps, t0, t_first, t_end, val_loss, train_loss, len(chars), len(windows), len(ids))
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_loss = loss.item()  # nanoGPT's CPU command logs every iteration
+        if self.it > 0:
+            self.train_s += time.perf_counter() - t0
+        self.it += 1
+
+    @property
+    def done(self) -> bool:
+        return self.it >= self.steps
+
+    def result(self) -> dict:
+        val_loss = evaluate(self.model, self.windows)
+        return {
+            "steps": self.it,
+            "tokens_per_second": (self.it - 1) * BATCH * CONTEXT / self.train_s if self.train_s else 0.0,
+            "train_seconds": self.train_s,
+            "val_loss": val_loss,
+            "train_loss": self.train_loss,
+            "vocab_size": len(self.chars),
+            "val_windows": len(self.windows),
+            "stream_tokens": len(self.ids),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,8 +237,14 @@ def run_reference(path: Path, steps: int, seed: int) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_jobformer(path: Path, steps: int, seed: int) -> dict:
-    """core.ml.train.train with the same settings, timed from outside through its callbacks."""
+def run_jobformer(
+    path: Path, steps: int, seed: int, precision: str = "auto", partner: ReferenceLoop | None = None
+) -> dict:
+    """core.ml.train.train with the same settings, timed from outside through its callbacks.
+
+    With ``partner``, one reference step runs inside each progress callback, timed apart: the two loops
+    alternate step by step, so a change in the machine's load (other processes) hits both alike.
+    """
     from core.ml.callbacks import Callbacks
     from core.ml.config import TrainConfig
     from core.ml.train import train
@@ -228,19 +255,18 @@ def run_jobformer(path: Path, steps: int, seed: int) -> dict:
 
         def __init__(self) -> None:
             self.last: float | None = None
-            self.first_step_at = 0.0
             self.train_s = 0.0
             self.steps_timed = 0
             self.events: list[str] = []
 
         def on_progress(self, progress) -> None:
             now = time.perf_counter()
-            if self.last is None:
-                self.first_step_at = now
-            else:
+            if self.last is not None:
                 self.train_s += now - self.last
                 self.steps_timed += 1
-            self.last = now
+            if partner is not None and not partner.done:
+                partner.step()
+            self.last = time.perf_counter()
 
         def on_checkpoint(self, info) -> None:
             self.last = time.perf_counter()
@@ -268,6 +294,7 @@ def run_jobformer(path: Path, steps: int, seed: int) -> dict:
             "grad_clip": 1.0,
             "val_fraction": VAL_FRACTION,
             "seed": seed,
+            "precision": precision,
         },
         device="cpu",
     )
@@ -281,24 +308,10 @@ def run_jobformer(path: Path, steps: int, seed: int) -> dict:
         "train_seconds": timer.train_s,
         "val_loss": result.metrics["val_loss"],
         "train_loss": result.metrics.get("train_loss"),
-        "own_tokens_per_second": result.tokens_per_second,  # jobformer's own clock, first step included
+        # jobformer's own clock (first step included); it counts callback time, so an interleaved
+        # partner's steps too: only meaningful in sequential mode.
+        "own_tokens_per_second": result.tokens_per_second,
         "data": result.data,
-    }
-
-
-def _summary(steps, t0, t_first, t_end, val_loss, train_loss, vocab, n_windows, n_tokens) -> dict:
-    # The first step is left out (as for jobformer, whose first step starts before any callback).
-    train_s = t_end - t_first
-    return {
-        "steps": steps,
-        "tokens_per_second": (steps - 1) * BATCH * CONTEXT / train_s if train_s > 0 else 0.0,
-        "train_seconds": train_s,
-        "first_step_seconds": t_first - t0,
-        "val_loss": val_loss,
-        "train_loss": train_loss,
-        "vocab_size": vocab,
-        "val_windows": n_windows,
-        "stream_tokens": n_tokens,
     }
 
 
@@ -308,9 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="30 steps: a smoke run, numbers meaningless")
     p.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     p.add_argument("--only", choices=["reference", "jobformer"], help="run one loop only")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the reference to the end, then jobformer (default: alternate them step by step)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="jobformer's training.precision ('auto' is float32 on the CPU); the reference is float32",
+    )
     args = p.parse_args(argv)
     steps = 30 if args.quick else args.steps
     if args.threads:
@@ -320,20 +344,36 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"tiny shakespeare char LM: {N_LAYERS} layers, {N_HEADS} heads, d_model {D_MODEL}, context "
         f"{CONTEXT}, batch {BATCH}, {steps} steps; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}",
+        f"{torch.get_num_threads()} threads, jobformer precision {args.precision}, "
+        f"{'sequential' if args.sequential or args.only else 'interleaved'}, "
+        f"load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     out: dict = {"steps": steps, "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
-    for name, fn in (("reference", run_reference), ("jobformer", run_jobformer)):
-        if args.only and args.only != name:
-            continue
-        r = fn(args.data, steps, args.seed)
-        out[name] = r
-        print(
-            f"{name}: tokens/s={r['tokens_per_second']:.0f} val_loss={r['val_loss']:.4f} "
-            f"train_s={r['train_seconds']:.1f} steps={r['steps']}",
-            flush=True,
-        )
+    out["jobformer_precision"] = args.precision
+    out["mode"] = "sequential" if args.sequential or args.only else "interleaved"
+    if out["mode"] == "interleaved":
+        ref = ReferenceLoop(args.data, steps, args.seed)
+        out["jobformer"] = run_jobformer(args.data, steps, args.seed, args.precision, partner=ref)
+        while not ref.done:  # only if jobformer stopped early
+            ref.step()
+        out["reference"] = ref.result()
+    else:
+        if args.only != "jobformer":
+            ref = ReferenceLoop(args.data, steps, args.seed)
+            while not ref.done:
+                ref.step()
+            out["reference"] = ref.result()
+        if args.only != "reference":
+            out["jobformer"] = run_jobformer(args.data, steps, args.seed, args.precision)
+    for name in ("reference", "jobformer"):
+        if name in out:
+            r = out[name]
+            print(
+                f"{name}: tokens/s={r['tokens_per_second']:.0f} val_loss={r['val_loss']:.4f} "
+                f"train_s={r['train_seconds']:.1f} steps={r['steps']}",
+                flush=True,
+            )
     out["load_after"] = os.getloadavg()[0]
     if "reference" in out and "jobformer" in out:
         d = out["jobformer"]["data"]
