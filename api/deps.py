@@ -84,7 +84,13 @@ def get_db(request: Request) -> Iterator[Session]:
             log.warning("closing the request's database session failed: %s", str(exc).splitlines()[0])
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+# Under load, sync routes with a request-scoped session deadlock: every threadpool token is held by a
+# route waiting for a pooled connection, while the connections are held by finished requests whose
+# teardown (and response validation) wait for a token (fastapi/fastapi#3205). So the session ends with the
+# route function (scope="function"), and at most API_SESSIONS exist at once, fewer than the engine's pool
+# holds: a route never waits for a connection while holding a thread, and waiting for a session uses none.
+API_SESSIONS = 20
+SessionDep = Annotated[Session, Depends(get_db, scope="function", max_concurrency=API_SESSIONS)]
 
 
 def _unauthorized(detail: str) -> ProblemError:
