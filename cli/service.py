@@ -71,7 +71,10 @@ def serve(host: str, port: int, http_workers: int, log_level: str) -> None:
 )
 def worker(concurrency: int, loglevel: str, queue_name: str | None) -> None:
     """Run one Celery worker (prefork, a fresh child per job). One per GPU in production."""
+    from core.ml.threads import set_cpu_thread_defaults
     from core.settings import get_settings
+
+    set_cpu_thread_defaults()  # inherited by the job's child process, which imports torch
     from worker.celery_app import app
 
     queue_name = queue_name or get_settings().queue_name

@@ -96,6 +96,9 @@ def train_command(data: Path, config_arg: str, out_dir: Path, as_json: bool, qui
     Ctrl-C stops cleanly after saving a checkpoint (exit status 130); run the same command again to
     resume. Exit status 2: a bad config or data file, or a diverged run (one line on stderr).
     """
+    from core.ml.threads import set_cpu_thread_defaults
+
+    set_cpu_thread_defaults()
     from core.ml.config import parse_config
     from core.ml.errors import JobformerError
     from core.ml.train import train
