@@ -113,3 +113,28 @@ def test_generate_seeded_greedy_and_top_k():
 def test_build_model_refuses_one_class():
     with pytest.raises(ValueError, match="at least 2 classes"):
         build_model("classification", CFG, 30, 1)
+
+
+def test_cpu_bf16_autocast_keeps_attention_in_fp32_and_matches_fp32():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_heads=4, n_layers=2, dim_feedforward=64, dropout=0.0, max_length=16)
+    model = LanguageModel(cfg, vocab_size=50)
+    idx = torch.randint(0, 50, (2, 16))
+    _, loss32 = model(idx, idx)
+    seen: list[torch.dtype] = []
+    hook = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return hook(q, *args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss16 = model(idx, idx)
+        loss16.backward()
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = hook
+    assert seen == [torch.float32, torch.float32]  # one call per block, in fp32 under bf16 autocast
+    assert abs(loss16.item() - loss32.item()) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
