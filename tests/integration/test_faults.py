@@ -156,7 +156,7 @@ def test_redis_restarted_mid_job_job_finishes_once(
     monkeypatch.setenv("JOBFORMER_BROKER_URL", server.url)
     get_settings.cache_clear()
     data_dir = Path(env["JOBFORMER_DATA_DIR"])
-    job_id = create_job(data_dir, tiny_config(max_steps=120, eval_every=60))
+    job_id = create_job(data_dir, tiny_config(max_steps=1500, eval_every=750))
     worker = None
     try:
         worker = start_worker(tmp_path)
@@ -175,7 +175,7 @@ def test_redis_restarted_mid_job_job_finishes_once(
         wait_for(lambda: _status(job_id) in ENDED, "the job to end", procs=(worker,))
         job = job_row(job_id)
         assert (job.status, job.attempts, job.error_code) == ("succeeded", 1, None), worker.log_tail()
-        assert down_at < 120 and job.result["steps"] == 120
+        assert down_at < 1500 and job.result["steps"] == 1500
 
         # The worker still consumes after the restart: a second job runs on it.
         second = create_job(data_dir, tiny_config(max_steps=10, eval_every=10))
@@ -185,7 +185,7 @@ def test_redis_restarted_mid_job_job_finishes_once(
         kinds = _kinds(job_id)
         assert (kinds.count("started"), kinds.count("resumed"), kinds.count("requeued")) == (1, 0, 0)
         assert kinds[-1] == "succeeded"
-        assert job_curves(job_id)["train_loss"] == list(range(10, 121, 10))  # each step once
+        assert job_curves(job_id)["train_loss"] == list(range(10, 1501, 10))  # each step once
     finally:
         if worker is not None:
             worker.stop()
@@ -414,7 +414,7 @@ def test_sigterm_hands_job_to_a_waiting_worker(env: dict[str, str], tmp_path: Pa
     job left ``running`` until the reaper's timeout, a hand-off not re-sent to the broker (the waiting
     worker never gets it), or a hand-off counted as a failed attempt."""
     data_dir = Path(env["JOBFORMER_DATA_DIR"])
-    job_id = create_job(data_dir, tiny_config(max_steps=100, eval_every=1000))
+    job_id = create_job(data_dir, tiny_config(max_steps=1500, eval_every=10_000))
     workers = [start_worker(tmp_path, "a"), start_worker(tmp_path, "b")]
     try:
         wait_for(lambda: _online(2), "both workers", procs=tuple(workers))
@@ -427,7 +427,7 @@ def test_sigterm_hands_job_to_a_waiting_worker(env: dict[str, str], tmp_path: Pa
         rows = job_checkpoints(job_id)
         assert rows, first.log_tail()
         _name, handed_at, _best, _rel = rows[-1]
-        assert 20 <= handed_at < 100 and handed_at % 5 == 0
+        assert 20 <= handed_at < 1500 and handed_at % 5 == 0
         wait_for(lambda: _status(job_id) in ENDED, "the second worker to finish it", procs=(second,))
         job = job_row(job_id)
         assert (job.status, job.attempts, job.error_code) == ("succeeded", 1, None)
@@ -436,7 +436,7 @@ def test_sigterm_hands_job_to_a_waiting_worker(env: dict[str, str], tmp_path: Pa
         kinds = [k for k, _, _ in events]
         assert (kinds.count("started"), kinds.count("requeued")) == (1, 1)
         assert [d["step"] for k, _, d in events if k == "resumed"] == [handed_at, handed_at]
-        assert job_curves(job_id)["train_loss"] == list(range(10, 101, 10))
+        assert job_curves(job_id)["train_loss"] == list(range(10, 1501, 10))
         # The hand-off checkpoint itself (pruned by now unless it is the best) was loadable: the resume
         # above loaded it. The kept ones load too.
         for _name, _step, _b, kept in job_checkpoints(job_id):
