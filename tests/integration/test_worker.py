@@ -7,7 +7,6 @@ No eager mode and no mocked broker: jobs go through Redis to a prefork worker ex
 from __future__ import annotations
 
 import signal
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,15 @@ import pytest
 from sqlalchemy import select
 
 from core.db import store
-from core.db.models import Checkpoint, Event, MetricPoint
+from core.db.models import Event
 from core.db.session import session_scope
 from core.settings import get_settings
 from tests.integration.procs import (
     create_job,
+    job_checkpoints,
+    job_curves,
     job_row,
+    job_step,
     service_env,
     start_worker,
     tiny_config,
@@ -74,29 +76,6 @@ def _events(job_id: str) -> list[tuple[str, dict | None]]:
         ]
 
 
-def _curves(job_id: str) -> dict[str, list[int]]:
-    """Steps of every metric curve, in insertion order."""
-    curves: dict[str, list[int]] = defaultdict(list)
-    with session_scope() as s:
-        for p in s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id)):
-            curves[f"{p.split}_{p.name}"].append(p.step)
-    return dict(curves)
-
-
-def _checkpoints(job_id: str) -> list[tuple[str, int, bool, str]]:
-    with session_scope() as s:
-        rows = s.execute(
-            select(Checkpoint.name, Checkpoint.step, Checkpoint.is_best, Checkpoint.path)
-            .where(Checkpoint.job_id == job_id)
-            .order_by(Checkpoint.step)
-        ).all()
-    return [tuple(r) for r in rows]
-
-
-def _progress_step(job_id: str) -> int:
-    return (job_row(job_id).progress or {}).get("step", 0)
-
-
 @pytest.mark.parametrize("env", ["sqlite", "postgresql"], indirect=True)
 def test_job_runs_to_succeeded(env: dict[str, str], tmp_path: Path) -> None:
     data_dir = Path(env["JOBFORMER_DATA_DIR"])
@@ -112,13 +91,13 @@ def test_job_runs_to_succeeded(env: dict[str, str], tmp_path: Path) -> None:
         assert job.progress["step"] == 120 and job.progress["total_steps"] == 120
         assert job.best["metric"] == "val_f1_macro" and job.best["checkpoint"].startswith("step-")
         assert set(job.metrics) >= {"train_loss", "val_loss", "val_accuracy", "val_f1_macro"}
-        curves = _curves(job_id)
+        curves = job_curves(job_id)
         assert curves["train_loss"] == list(range(10, 121, 10))
         assert curves["val_loss"] == [40, 80, 100, 120]  # and each epoch end (100 steps)
         kinds = [k for k, _ in _events(job_id)]
         assert kinds[:2] == ["queued", "started"] and kinds[-1] == "succeeded"
         assert "data_loaded" in kinds and kinds.count("evaluation") == 4
-        checkpoints = _checkpoints(job_id)
+        checkpoints = job_checkpoints(job_id)
         assert checkpoints, "no checkpoint rows"
         assert [c for c in checkpoints if c[2]] and checkpoints[-1][1] == 120
         for _name, _step, _best, rel in checkpoints:
@@ -139,13 +118,13 @@ def test_cancel_running_job(env: dict[str, str], tmp_path: Path) -> None:
     worker = start_worker(tmp_path)
     try:
         queue.enqueue_job(job_id)
-        wait_for(lambda: _progress_step(job_id) >= 20, "the job to train a few steps", procs=(worker,))
+        wait_for(lambda: job_step(job_id) >= 20, "the job to train a few steps", procs=(worker,))
         with session_scope() as s:
             assert store.request_cancel(s, job_id).status == "cancelling"
         wait_for(lambda: _status(job_id) == "cancelled", "the job to be cancelled", procs=(worker,))
         job = job_row(job_id)
         assert job.error_code is None and job.finished_at is not None
-        checkpoints = _checkpoints(job_id)
+        checkpoints = job_checkpoints(job_id)
         # The last checkpoint is the one the cancel saved (an epoch end may have written one before it).
         assert checkpoints and checkpoints[-1][1] >= 20 and checkpoints[-1][1] % 5 == 0
         assert (data_dir / checkpoints[0][3] / "trainer_state.pt").is_file()
@@ -166,7 +145,7 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
     try:
         queue.enqueue_job(job_id)
         wait_for(
-            lambda: _checkpoints(job_id) and _progress_step(job_id) >= _checkpoints(job_id)[-1][1] + 20,
+            lambda: job_checkpoints(job_id) and job_step(job_id) >= job_checkpoints(job_id)[-1][1] + 20,
             "a checkpoint and some steps after it",
             procs=(first,),
         )
@@ -174,11 +153,11 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
         first.wait(30)
         killed_at = job_row(job_id)
         assert (killed_at.status, killed_at.attempts) == ("running", 1)
-        resume_step = _checkpoints(job_id)[-1][1]
+        resume_step = job_checkpoints(job_id)[-1][1]
 
         second = start_worker(tmp_path, "second")  # its reaper sees the stale heartbeat
         wait_for(
-            lambda: job_row(job_id).attempts == 2 and _progress_step(job_id) >= resume_step + 120,
+            lambda: job_row(job_id).attempts == 2 and job_step(job_id) >= resume_step + 120,
             "the job to be resumed and train on",
             procs=(second,),
         )
@@ -194,7 +173,7 @@ def test_killed_worker_job_resumes_from_checkpoint(env: dict[str, str], tmp_path
         assert resumed[0]["attempt"] == 2 and resumed[0]["step"] == resume_step
         assert resumed[1] == {"step": resume_step}  # the loop's own event: it loaded that checkpoint
         # One continuous loss curve: every step once, in order, across both runs, well past the resume.
-        curves = _curves(job_id)
+        curves = job_curves(job_id)
         last = curves["train_loss"][-1]
         assert last >= resume_step + 120
         assert curves["train_loss"] == list(range(10, last + 1, 10))
@@ -213,12 +192,12 @@ def test_sigterm_hands_job_back_and_another_worker_finishes_it(env: dict[str, st
     second = None
     try:
         queue.enqueue_job(job_id)
-        wait_for(lambda: _progress_step(job_id) >= 30, "the job to train a few steps", procs=(first,))
+        wait_for(lambda: job_step(job_id) >= 30, "the job to train a few steps", procs=(first,))
         first.signal(signal.SIGTERM)  # the main process only, as `docker stop` or systemd would
         assert first.wait(120) == 0, first.log_tail()
         job = job_row(job_id)
         assert (job.status, job.attempts) == ("queued", 0), first.log_tail()
-        stopped_at = _checkpoints(job_id)[-1][1]
+        stopped_at = job_checkpoints(job_id)[-1][1]
         assert stopped_at >= 30 and stopped_at % 5 == 0
         assert [k for k, _ in _events(job_id)][-1] == "requeued"
         assert queue.queue_position(job_id) == 1  # re-sent: waiting for the next worker
@@ -229,7 +208,7 @@ def test_sigterm_hands_job_back_and_another_worker_finishes_it(env: dict[str, st
         assert (job.status, job.attempts) == ("succeeded", 1)
         resumed = [d for k, d in _events(job_id) if k == "resumed"]
         assert resumed[0]["step"] == stopped_at
-        assert _curves(job_id)["train_loss"] == list(range(10, 1501, 10))
+        assert job_curves(job_id)["train_loss"] == list(range(10, 1501, 10))
     finally:
         first.stop(5)
         if second is not None:
