@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from core.db import store
-from core.db.models import Checkpoint, Dataset, JobStatus
+from core.db.models import Dataset, JobStatus
 from core.settings import get_settings
 from worker import queue
 from worker.celery_app import app
@@ -43,16 +39,18 @@ def run_job(job_id: str) -> str:
     install_sigterm_handler()
     claimed: dict[str, Any] = {}
 
+    # The loop resumes from the latest checkpoint on disk; the claim cuts the curve back to that step.
+    from core.ml.checkpoint import list_checkpoints  # here: torch only ever loads in the job's child
+
+    on_disk = list_checkpoints(settings.jobs_dir / job_id)
+    resume_step = on_disk[-1]["step"] if on_disk else None
+
     def claim(s: Any) -> None:
-        job = store.claim_job(s, job_id, name)
+        job = store.claim_job(s, job_id, name, resume_step=resume_step)
         if job is not None:
             dataset = s.get(Dataset, job.dataset_id)
-            recorded = s.scalars(select(Checkpoint.name).where(Checkpoint.job_id == job_id)).all()
             claimed.update(
-                config=job.config,
-                data_path=dataset.path if dataset else None,
-                attempt=job.attempts,
-                checkpoints=set(recorded),
+                config=job.config, data_path=dataset.path if dataset else None, attempt=job.attempts
             )
 
     if not write_with_retry(claim, what="claim", job_id=job_id, attempts=8) or not claimed:
@@ -100,7 +98,6 @@ def _train(job_id: str, claimed: dict[str, Any], recorder: StoreRecorder) -> dic
         data_path = settings.data_dir / claimed["data_path"]
         out_dir = settings.jobs_dir / job_id
         out_dir.mkdir(parents=True, exist_ok=True)
-        _drop_unrecorded_checkpoints(job_id, out_dir, claimed["checkpoints"])
         result = train(config, data_path, out_dir, callbacks=recorder)
     except JobformerError as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message, extra={"job_id": job_id})
@@ -124,24 +121,6 @@ def _train(job_id: str, claimed: dict[str, Any], recorder: StoreRecorder) -> dic
     if reason == StopReason.LOST:
         return {"status": "lost"}
     return {"status": "release"}  # SIGTERM (or a stop nobody asked for): hand the job to another worker
-
-
-def _drop_unrecorded_checkpoints(job_id: str, out_dir: Path, recorded: set[str]) -> None:
-    """Delete checkpoints on disk that the database never recorded, so the loop resumes from the last
-    recorded one. A worker killed between writing a checkpoint and inserting its row leaves such a one;
-    the claim cut the loss curve back to the last recorded checkpoint, and resuming from the newer one
-    would leave a gap in it. The database is the truth (DESIGN.md section 7)."""
-    from core.ml.checkpoint import list_checkpoints
-
-    for meta in list_checkpoints(out_dir):
-        if meta["name"] not in recorded:
-            log.warning(
-                "job %s: checkpoint %s was never recorded (its worker died): resuming before it",
-                job_id,
-                meta["name"],
-                extra={"job_id": job_id},
-            )
-            shutil.rmtree(meta["path"], ignore_errors=True)
 
 
 def _record_end(job_id: str, name: str, end: dict[str, Any], recorder: StoreRecorder) -> str:

@@ -147,13 +147,19 @@ def request_cancel(s: Session, job_id: str) -> Job | None:
     return get_job(s, job_id)
 
 
-def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
+LATEST_ROW = object()  # claim_job's default: resume from the latest checkpoint row
+
+
+def claim_job(s: Session, job_id: str, worker: str, *, resume_step: Any = LATEST_ROW) -> Job | None:
     """Atomically take a ``queued`` job for ``worker`` ("hostname:pid"): ``running``, attempts + 1,
     ``started_at`` (first run only), a fresh heartbeat. None when the job is not queued (already running
     elsewhere, finished, cancelled or unknown): the broker may deliver a message twice, this may not.
 
     On a later run (the job was requeued), metric points after the step of the latest checkpoint row are
-    deleted: training resumes from that checkpoint, so the curve continues without duplicates."""
+    deleted: training resumes from that checkpoint, so the curve continues without duplicates. A worker
+    passes ``resume_step``, the step of the latest checkpoint on disk (None: none), which is the one the
+    loop resumes from: a worker killed between writing a checkpoint and recording its row leaves the disk
+    ahead of the rows, and cutting the curve back to the row would leave a gap in it."""
     now = utcnow()
     claimed = _update_job(
         s,
@@ -171,7 +177,8 @@ def claim_job(s: Session, job_id: str, worker: str) -> Job | None:
         return None
     job = get_job(s, job_id)
     assert job is not None
-    resume_step = latest_checkpoint_step(s, job_id)
+    if resume_step is LATEST_ROW:
+        resume_step = latest_checkpoint_step(s, job_id)
     has_points = s.scalar(select(func.count()).select_from(MetricPoint).where(MetricPoint.job_id == job_id))
     if resume_step is None and not has_points:
         _event(

@@ -298,6 +298,22 @@ def test_resume_prunes_metric_points_after_latest_checkpoint(db_session: Session
     assert resumed == {"attempt": 2, "step": 10, "pruned_metric_points": 5}
 
 
+def test_resume_from_a_checkpoint_on_disk_ahead_of_the_rows(db_session: Session) -> None:
+    # The first worker wrote step 12 to disk and died before recording its row: the loop will resume from
+    # 12, so the claim keeps the points up to 12 (cutting back to the row's 10 would leave a gap).
+    job_id = _job(db_session)
+    store.claim_job(db_session, job_id, "host:1")
+    store.add_metrics(db_session, job_id, [Point(step, 0, "train", "loss", 1.0) for step in range(1, 16)])
+    store.add_checkpoint(db_session, job_id, _ckpt(10, best=True), "jobs/x/checkpoints/step-00000010")
+    db_session.commit()
+    _make_stale(db_session, job_id)
+    store.requeue_stale_jobs(db_session, timeout_seconds=60)
+    store.claim_job(db_session, job_id, "host:2", resume_step=12)
+    db_session.commit()
+    steps = db_session.scalars(select(MetricPoint.step).where(MetricPoint.job_id == job_id)).all()
+    assert sorted(steps) == list(range(1, 13))
+
+
 def test_resume_without_checkpoint_starts_over(db_session: Session) -> None:
     job_id = _job(db_session)
     store.claim_job(db_session, job_id, "host:1")
