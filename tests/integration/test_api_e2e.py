@@ -7,13 +7,10 @@ No eager mode, no mocked broker: the API sends the job id through Redis to a pre
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tarfile
 import time
@@ -26,6 +23,7 @@ import pytest
 import redis
 
 from cli.client import predict_remote
+from tests.integration.procs import Proc, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,31 +49,6 @@ SMS_CONFIG = {
     },
     "device": "cpu",
 }
-
-
-class Proc:
-    """A child process in its own session, its output in a log file."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        self._f = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            args, stdout=self._f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.popen.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
-        self._f.close()
 
 
 def _free_port() -> int:
@@ -111,7 +84,7 @@ def service(pg_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, list[Pr
         base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
     )
     try:
-        wait_for(lambda: _get_ok(client, "/healthz"), "the API to answer", procs, timeout=60)
+        wait_for(lambda: _get_ok(client, "/healthz"), "the API to answer", timeout=60, procs=tuple(procs))
         yield client, procs
     finally:
         client.close()
@@ -127,17 +100,6 @@ def _get_ok(client: httpx.Client, path: str) -> bool:
         return client.get(path).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def wait_for(condition, what: str, procs: list[Proc], timeout: float = 240, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    logs = "\n".join(f"--- {p.log.name} ---\n{p.tail()}" for p in procs)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
 
 def _job(client: httpx.Client, job_id: str) -> dict:
@@ -169,7 +131,7 @@ def test_upload_train_poll_inspect_predict_and_cancel(service, shared_data):
     job = wait_for(
         lambda: (j := _job(client, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
         "the job to end",
-        procs,
+        procs=tuple(procs),
     )
     elapsed = time.monotonic() - started
     assert job["status"] == "succeeded", job
@@ -227,14 +189,14 @@ def test_upload_train_poll_inspect_predict_and_cancel(service, shared_data):
             (j := _job(client, job_id2))["status"] == "running" and (j["progress"] or {}).get("step", 0) > 5
         ),
         "the second job to run",
-        procs,
+        procs=tuple(procs),
     )
     r = client.post(f"/jobs/{job_id2}/cancel")
     assert r.status_code == 202 and r.json()["status"] in ("cancelling", "cancelled")
     job2 = wait_for(
         lambda: (j := _job(client, job_id2))["status"] in ("cancelled", "failed", "succeeded") and j,
         "the cancel",
-        procs,
+        procs=tuple(procs),
         timeout=60,
     )
     assert job2["status"] == "cancelled", job2
