@@ -110,3 +110,15 @@ def db_session(db_sessionmaker: sessionmaker[Session]) -> Iterator[Session]:
     """One session on ``db_url``; the test commits what it wants to keep."""
     with db_sessionmaker() as s:
         yield s
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread: recorded numbers do not depend on the core count, and tiny models run faster
+    without thread hand-offs on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from core.ml.errors import CheckpointError
 from core.ml.train import train
 from tests.core.ml._tiny import classification_config, write_sentiment_csv
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save(out_dir, step, *, is_best, best_name, value=0.5):

@@ -13,13 +13,7 @@ from core.ml.model import LanguageModel, TextClassifier, build_model, count_para
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=2, dim_feedforward=32, dropout=0.0, max_length=12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: recorded numbers do not depend on the machine's core count (or on its load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_sinusoidal_encoding_follows_the_formula():

@@ -19,15 +19,7 @@ from tests.core.ml._tiny import (
     write_text_file,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One thread: recorded numbers do not depend on the machine's core count, and tiny models run
-    # faster without thread hand-offs on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
