@@ -4,7 +4,7 @@
 
 Both models share one pre-norm backbone: token embedding + sinusoidal positional encoding (DESIGN.md
 section 5), ``n_layers`` blocks of multi-head self-attention (``F.scaled_dot_product_attention``, so the
-fused kernels run on CPU and GPU) and a GELU MLP, then a final LayerNorm.
+fused kernels run on CPU and GPU) and a squared-ReLU MLP, then a final LayerNorm.
 
 - ``TextClassifier``: a bidirectional encoder. Padding (id 0) is masked out of attention and of the mean
   pooling that feeds a linear head.
@@ -77,6 +77,12 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """Position-wise feed-forward: proj(relu(fc(x))^2).
+
+    Squared ReLU (So et al. 2021, "Primer") instead of GELU: on tiny Shakespeare it lowers the validation
+    loss by about 0.02-0.03 at equal steps, and it is cheaper than GELU's erf on CPUs (bench/README.md).
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.dim_feedforward)
@@ -84,7 +90,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        h = F.relu(self.fc(x))  # (B, T, F)
+        return self.dropout(self.proj(h * h))  # (B, T, C); h * h: autograd is 4x slower for .square() on CPU
 
 
 class Block(nn.Module):
@@ -134,14 +141,27 @@ class Backbone(nn.Module):
 
 
 def _init_weights(model: nn.Module, n_layers: int) -> None:
-    """GPT-2 init: N(0, 0.02) for linear and embedding weights, zero biases; residual projections scaled
-    by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
+    """Linear weights N(0, 1/fan_in) (LeCun), so a layer's outputs keep its inputs' scale at any width;
+    residual projections also scaled by 1/sqrt(2 * n_layers) (GPT-2), so the residual stream's variance
+    does not grow with depth. The output layers (the classifier head, the embedding that the language
+    model's output shares) N(0, 0.02), so training starts from near-uniform predictions; zero biases,
+    LayerNorm gains 1.
+
+    GPT-2's fixed 0.02 for every matrix suits d_model 768 (1/sqrt(768) = 0.036) but starves narrow models:
+    at d_model 128 its blocks start ~4x too quiet, and tiny Shakespeare's validation loss after 2000 steps
+    was 1.90 with it against 1.76 with this (bench/README.md).
+    """
     for name, p in model.named_parameters():
         if p.dim() < 2:
             if name.endswith("bias"):
                 nn.init.zeros_(p)
             continue  # LayerNorm weights keep their 1.0
-        std = 0.02 / math.sqrt(2 * n_layers) if name.endswith("proj.weight") else 0.02
+        if "emb" in name or name.startswith("head."):
+            nn.init.normal_(p, mean=0.0, std=0.02)  # output layers: near-uniform predictions at step 0
+            continue
+        std = 1.0 / math.sqrt(p.size(1))  # (out, in): fan_in is the second dimension
+        if name.endswith("proj.weight"):
+            std /= math.sqrt(2 * n_layers)
         nn.init.normal_(p, mean=0.0, std=std)
 
 

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from core.ml.config import ModelConfig
-from core.ml.model import LanguageModel, TextClassifier, build_model, count_parameters, sinusoidal_encoding
+from core.ml.model import (
+    MLP,
+    LanguageModel,
+    TextClassifier,
+    build_model,
+    count_parameters,
+    sinusoidal_encoding,
+)
 
 CFG = ModelConfig(d_model=16, n_heads=2, n_layers=2, dim_feedforward=32, dropout=0.0, max_length=12)
 
@@ -36,14 +43,27 @@ def test_parameter_count_matches_the_config_estimate_and_lm_weights_are_tied():
     assert not any("head" in k for k in lm.state_dict())
 
 
-def test_init_is_normal_002_with_scaled_residual_projections():
+def test_init_is_fan_in_with_scaled_residual_projections_and_small_embeddings():
     torch.manual_seed(0)
-    m = TextClassifier(ModelConfig(d_model=64, n_heads=4, n_layers=4), vocab_size=500, num_classes=2)
+    cfg = ModelConfig(d_model=64, n_heads=4, n_layers=4, dim_feedforward=256)
+    m = TextClassifier(cfg, vocab_size=500, num_classes=2)
+    block = m.backbone.blocks[0]
     assert m.backbone.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert m.backbone.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert m.backbone.blocks[0].mlp.proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.05)
-    assert m.backbone.blocks[0].attn.qkv.bias.abs().max().item() == 0.0
+    assert block.attn.qkv.weight.std().item() == pytest.approx(1 / math.sqrt(64), rel=0.05)
+    assert block.mlp.fc.weight.std().item() == pytest.approx(1 / math.sqrt(64), rel=0.05)
+    # fan_in 256, and 1/sqrt(2 * n_layers) for a projection into the residual stream
+    assert block.mlp.proj.weight.std().item() == pytest.approx(1 / math.sqrt(256 * 8), rel=0.05)
+    assert block.attn.proj.weight.std().item() == pytest.approx(1 / math.sqrt(64 * 8), rel=0.05)
+    assert m.head.weight.std().item() == pytest.approx(0.02, rel=0.15)  # 128 values only
+    assert block.attn.qkv.bias.abs().max().item() == 0.0
     assert m.backbone.ln_f.weight.min().item() == 1.0
+
+
+def test_mlp_is_squared_relu():
+    torch.manual_seed(0)
+    mlp = MLP(CFG).eval()
+    x = torch.randn(2, 3, CFG.d_model)
+    assert torch.equal(mlp(x), mlp.proj(torch.relu(mlp.fc(x)) ** 2))
 
 
 def test_classifier_shapes_loss_and_exact_numbers():
@@ -52,7 +72,7 @@ def test_classifier_shapes_loss_and_exact_numbers():
     idx = torch.tensor([[2, 5, 6, 7, 0, 0], [2, 9, 8, 0, 0, 0]])
     logits, loss = m(idx, torch.tensor([0, 2]))
     assert logits.shape == (2, 3)
-    assert loss.item() == pytest.approx(1.1169629096984863, rel=1e-6)
+    assert loss.item() == pytest.approx(1.12730073928833, rel=1e-6)
     assert m(idx)[1] is None
 
 
@@ -81,7 +101,7 @@ def test_language_model_loss_at_init_is_near_uniform():
     idx = torch.randint(30, (3, 12))
     _, loss = m(idx[:, :-1], idx[:, 1:])
     assert loss.item() == pytest.approx(math.log(30), rel=0.05)
-    assert loss.item() == pytest.approx(3.406132698059082, rel=1e-6)
+    assert loss.item() == pytest.approx(3.4203121662139893, rel=1e-6)
 
 
 def test_longer_than_max_length_is_refused():
