@@ -11,6 +11,7 @@ from core.ml.config import ModelConfig
 from core.ml.model import (
     MLP,
     LanguageModel,
+    SquaredReLU,
     TextClassifier,
     build_model,
     count_parameters,
@@ -152,3 +153,15 @@ def test_cpu_bf16_autocast_keeps_attention_in_fp32_and_matches_fp32():
     assert seen == [torch.float32, torch.float32]  # one call per block, in fp32 under bf16 autocast
     assert abs(loss16.item() - loss32.item()) < 0.05
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_squared_relu_gradient_matches_autograd():
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SquaredReLU.apply, (x,))
+    g = torch.randn(4, 7, dtype=torch.float64)
+    (mine,) = torch.autograd.grad(SquaredReLU.apply(x), x, g)
+    (ref,) = torch.autograd.grad(torch.relu(x) ** 2, x, g)
+    assert torch.allclose(mine, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 in, bf16 out, bf16 gradient
+        y = SquaredReLU.apply(x.detach().bfloat16().requires_grad_())
+    assert y.dtype == torch.bfloat16
