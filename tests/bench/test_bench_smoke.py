@@ -43,6 +43,19 @@ def test_lm_shakespeare_quick(shared_data):
     # 30 steps leave the loss far above a trained model's but well below uniform over 65 chars (4.17).
     assert 3.0 < result["reference"]["val_loss"] < 4.0 and 3.0 < result["jobformer"]["val_loss"] < 4.0
 
+    # The ablation script's "relu2,fanin" rebuilds core/ml/model.py's language model: the same numbers.
+    ablation = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lm_ablation.py"), "relu2,fanin,steps=30", "--threads", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    assert json.loads(ablation.stdout.strip().splitlines()[-1])["val_loss"] == round(
+        result["jobformer"]["val_loss"], 4
+    )
+
 
 @pytest.mark.slow
 @pytest.mark.integration
@@ -56,3 +69,13 @@ def test_api_load_quick(shared_data):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["errors"] == 0 and result["monitor_errors"] == 0 and result["requests"] > 0
     assert result["training_tokens_per_second"]["quiet_before"] > 0  # the job trained while measured
+
+
+def test_mlp_activation_quick():
+    proc = run_bench("mlp_activation.py", "--threads", "1", timeout=120)
+    for name in ("gelu", "relu2_autograd", "relu2"):
+        assert re.search(rf"^{name}: [\d.]+ ms/step, \d+\.\d{{3}}x gelu's speed$", proc.stdout, re.M), (
+            proc.stdout
+        )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["ms_per_step"]) == {"gelu", "relu2_autograd", "relu2"}
