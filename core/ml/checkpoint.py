@@ -6,7 +6,7 @@ Layout::
         model.safetensors   learned weights (safetensors: loading never runs code)
         vocab.json          Vocab.to_dict()
         config.json         the resolved TrainConfig
-        meta.json           {step, epoch, metrics, is_best, task, labels, vocab_size, ...}
+        meta.json           {step, epoch, metrics, is_best, task, labels, vocab_size, architecture}
         trainer_state.pt    optimizer state, schedule, step, RNG states, loop counters;
                             plain tensors/containers only, so torch.load(weights_only=True) reads it
 
@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 
 from core.ml.callbacks import CheckpointInfo
 from core.ml.errors import CheckpointError
+from core.ml.model import ARCHITECTURE
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,19 @@ def best_checkpoint(out_dir: str | Path) -> Path | None:
     if best:
         return Path(best[-1]["path"])
     return Path(ckpts[-1]["path"]) if ckpts else None
+
+
+def check_architecture(meta: dict, where: str | Path) -> None:
+    """Refuse a checkpoint whose weights were trained for another version of the model's code: loading
+    them would not fail, it would silently predict something else."""
+    saved = meta.get("architecture", 1)
+    if saved != ARCHITECTURE:
+        raise CheckpointError(
+            f"{where} was saved by a jobformer whose model has architecture {saved} (this one builds "
+            f"{ARCHITECTURE}: core/ml/model.py); its weights would compute something else. Train it again "
+            "with this version, or use the version that trained it",
+            code="incompatible_checkpoint",
+        )
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

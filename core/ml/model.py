@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from core.ml.config import ModelConfig
 
 PAD_ID = 0  # Vocab.PAD is always id 0 (see core/ml/tokenize.py)
+# Saved in every checkpoint's meta.json and checked on load: bumped when a change makes saved weights
+# compute something else. 1: GELU MLP, N(0, 0.02) init (checkpoints without the field); 2: squared ReLU.
+ARCHITECTURE = 2
 
 
 def sinusoidal_encoding(max_length: int, d_model: int) -> torch.Tensor:

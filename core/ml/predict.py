@@ -45,9 +45,10 @@ class Predictor:
                     f"{path} is neither a checkpoint directory nor a run with checkpoints"
                 )
             path = best
+        meta = ckpt.load_json(path, ckpt.META_FILE)
+        ckpt.check_architecture(meta, path)
         config = TrainConfig.model_validate(ckpt.load_json(path, ckpt.CONFIG_FILE))
         vocab = Vocab.from_dict(ckpt.load_json(path, ckpt.VOCAB_FILE))
-        meta = ckpt.load_json(path, ckpt.META_FILE)
         labels = list(meta.get("labels") or [])
         model = build_model(config.task, config.model, len(vocab), len(labels))
         model.load_state_dict(ckpt.load_weights(path))

@@ -34,7 +34,7 @@ from core.ml.callbacks import Callbacks, MetricPoint, Progress
 from core.ml.config import TrainConfig
 from core.ml.data import load_texts, split_indices
 from core.ml.errors import ConfigError, DataError, DivergedError, Problem
-from core.ml.model import build_model
+from core.ml.model import ARCHITECTURE, build_model
 from core.ml.tokenize import Vocab, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def train(
     if resume_dir is not None:
         _check_resume_config(config, ckpt.load_json(resume_dir, ckpt.CONFIG_FILE), out_dir)
         saved_meta = ckpt.load_json(resume_dir, ckpt.META_FILE)
+        ckpt.check_architecture(saved_meta, resume_dir)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     np.random.seed(tc.seed)
@@ -379,7 +380,12 @@ def train(
             model_state=model.state_dict(),
             vocab=vocab.to_dict(),
             config=config.model_dump(mode="json"),
-            meta={"task": config.task, "labels": label_names, "vocab_size": len(vocab)},
+            meta={
+                "task": config.task,
+                "labels": label_names,
+                "vocab_size": len(vocab),
+                "architecture": ARCHITECTURE,
+            },
             trainer_state=trainer_state,
             metrics=metrics,
             is_best=is_best,

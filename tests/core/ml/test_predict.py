@@ -85,3 +85,27 @@ def test_wrong_task_is_refused(classifier_run, lm_run):
 def test_a_directory_without_checkpoints_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a run"):
         Predictor.load(tmp_path)
+
+
+def test_a_checkpoint_of_another_model_architecture_is_refused(lm_run, tmp_path):
+    """Weights saved for an older model (GELU MLP, no "architecture" in meta.json) would load without an
+    error and predict nonsense: loading and resuming refuse them, naming the fix."""
+    import json
+    import shutil
+
+    from core.ml import checkpoint as ckpt
+    from core.ml.errors import CheckpointError
+    from core.ml.model import ARCHITECTURE
+
+    run = tmp_path / "old"
+    shutil.copytree(lm_run, run)
+    latest = ckpt.latest_checkpoint(run)
+    meta = json.loads((latest / ckpt.META_FILE).read_text())
+    assert meta["architecture"] == ARCHITECTURE  # written by train
+    del meta["architecture"]
+    (latest / ckpt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="architecture 1 .*Train it again") as e:
+        Predictor.load(latest)
+    assert e.value.code == "incompatible_checkpoint"
+    with pytest.raises(CheckpointError, match="architecture 1"):
+        train(lm_config(max_steps=40), write_text_file(tmp_path / "t.txt"), run)  # resume from it
