@@ -84,7 +84,7 @@ class SquaredReLU(torch.autograd.Function):
 
     Autograd's own graph for ``r = relu(x); r * r`` keeps two references and runs four full-size passes
     backward (two products, their sum, relu's mask); this runs two. The MLP's hidden activation is the
-    largest tensor of a step, so that is ~3.5% of a CPU training step (bench/README.md).
+    largest tensor of a step, so that is 3-5% of a CPU training step (bench/mlp_activation.py).
     """
 
     @staticmethod
