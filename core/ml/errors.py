@@ -4,7 +4,8 @@
     ├── ConfigError           "invalid_config": an option is impossible; ``problems`` lists every one
     ├── DataError             "invalid_data": the file cannot be read or does not fit the config
     ├── DivergedError         "diverged": the loss went NaN/inf or exploded; names the step
-    └── CheckpointError       "checkpoint_write_failed": a checkpoint could not be written (disk full...)
+    └── CheckpointError       "checkpoint_write_failed": a checkpoint could not be written (disk full...);
+                              "incompatible_checkpoint": saved for another model architecture
 
 The API maps these to problem+json (4xx); the worker maps them to a failed job with the same code.
 """
