@@ -49,9 +49,8 @@ def run_job(job_id: str) -> str:
         job = store.claim_job(s, job_id, name, resume_step=resume_step)
         if job is not None:
             dataset = s.get(Dataset, job.dataset_id)
-            claimed.update(
-                config=job.config, data_path=dataset.path if dataset else None, attempt=job.attempts
-            )
+            live = dataset is not None and dataset.deleted_at is None
+            claimed.update(config=job.config, data_path=dataset.path if live else None, attempt=job.attempts)
 
     if not write_with_retry(claim, what="claim", job_id=job_id, attempts=8) or not claimed:
         log.info("job %s not claimed (not queued any more)", job_id, extra={"job_id": job_id})

@@ -17,7 +17,7 @@ from api.errors import ProblemError, problem_responses
 from api.schemas import DatasetPublic, DatasetsPublic
 from api.uploads import StoredUpload, move_into_store, receive_multipart
 from core.db import store
-from core.db.models import ACTIVE_STATES, Dataset, Job
+from core.db.models import ACTIVE_STATES, Dataset, Job, utcnow
 from core.ml.data import DatasetInfo, inspect_file
 from core.settings import Settings
 
@@ -72,7 +72,7 @@ def dataset_public(d: Dataset) -> DatasetPublic:
 def get_owned_dataset(session: Session, dataset_id: str, owner: str | None) -> Dataset | None:
     """The dataset if it exists and belongs to ``owner`` (anyone's when auth is off)."""
     d = session.get(Dataset, dataset_id)
-    if d is None or (owner is not None and d.owner != owner):
+    if d is None or d.deleted_at is not None or (owner is not None and d.owner != owner):
         return None
     return d
 
@@ -159,7 +159,7 @@ async def upload_dataset(
 def list_datasets(
     session: SessionDep, owner: OwnerDep, limit: Limit = 100, offset: Offset = 0
 ) -> DatasetsPublic:
-    where = [Dataset.owner == owner] if owner is not None else []
+    where = [Dataset.deleted_at.is_(None), *([Dataset.owner == owner] if owner is not None else [])]
     count = session.scalar(select(func.count()).select_from(Dataset).where(*where)) or 0
     rows = session.scalars(
         select(Dataset)
@@ -206,18 +206,23 @@ def delete_dataset(
             f"dataset {d.id} is used by active job(s) {', '.join(active[:5])}; cancel them first",
             code="dataset_in_use",
         )
-    if jobs:
-        raise ProblemError(
-            409,
-            f"dataset {d.id} is referenced by {len(jobs)} finished job(s) (e.g. {jobs[0].id}); "
-            "their configs and results point at it, so it is kept",
-            code="dataset_in_use",
-        )
     sha, rel = d.sha256, d.path
-    session.delete(d)
+    if jobs:
+        # Finished jobs keep their dataset_id (and their results, checkpoints, config): the row stays as
+        # their record, hidden from the API; only the file goes.
+        d.deleted_at = utcnow()
+    else:
+        session.delete(d)
     session.commit()
-    # Content-addressed: the file is shared by every row with the same content; remove it with the last.
-    others = session.scalar(select(func.count()).select_from(Dataset).where(Dataset.sha256 == sha)) or 0
+    # Content-addressed: the file is shared by every live row with the same content; remove it with the last.
+    others = (
+        session.scalar(
+            select(func.count())
+            .select_from(Dataset)
+            .where(Dataset.sha256 == sha, Dataset.deleted_at.is_(None))
+        )
+        or 0
+    )
     if not others:
         path = (settings.data_dir / rel).resolve()
         if path.is_relative_to(settings.data_dir.resolve()):

@@ -83,6 +83,9 @@ class Dataset(Base):
     columns: Mapped[list[Any]] = mapped_column(JSON)
     preview: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by DELETE when finished jobs still refer to the row: the file goes and the dataset is gone for
+    # the API (404, not listed), while those jobs keep their dataset_id and their results.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):

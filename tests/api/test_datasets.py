@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from api.uploads import sanitize_filename
 from core.db import store
+from core.db.models import Dataset
 
 
 def test_upload_answers_the_dataset_and_stores_it_content_addressed(client, settings, spam_csv):
@@ -75,11 +76,32 @@ def test_delete_refused_while_a_job_uses_it(client, upload, spam_csv, db_session
     assert r.status_code == 409
     assert r.json()["detail"] == f"dataset {d['id']} is used by active job(s) {job_id}; cancel them first"
     assert client.get(f"/datasets/{d['id']}").status_code == 200
-    # finished jobs keep a reference too: still 409, with another message
+
+
+def test_delete_after_its_jobs_ended_keeps_the_jobs(client, upload, spam_csv, settings, db_session: Session):
+    """A finished job's record outlives its dataset: the file goes, the dataset is gone for the API, the
+    job still shows its dataset_id, config and results."""
+    d = upload(spam_csv)
+    job_id = client.post("/jobs", json={"dataset_id": d["id"], "config": {"task": "classification"}}).json()[
+        "id"
+    ]
     assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    r = client.delete(f"/datasets/{d['id']}")
-    assert r.status_code == 409
-    assert "referenced by 1 finished job(s)" in r.json()["detail"]
+    path = settings.data_dir / db_session.get(Dataset, d["id"]).path
+    assert path.is_file()
+    assert client.delete(f"/datasets/{d['id']}").status_code == 204
+    assert not path.exists()
+    assert client.get(f"/datasets/{d['id']}").status_code == 404
+    assert client.delete(f"/datasets/{d['id']}").status_code == 404
+    assert d["id"] not in [x["id"] for x in client.get("/datasets").json()["data"]]
+    job = client.get(f"/jobs/{job_id}")
+    assert job.status_code == 200 and job.json()["dataset_id"] == d["id"]
+    r = client.post("/jobs", json={"dataset_id": d["id"], "config": {"task": "classification"}})
+    assert (r.status_code, r.json()["code"]) == (422, "dataset_not_found"), r.text
+    # the same content uploaded again is a new dataset with its file back in the store
+    again = upload(spam_csv)
+    assert (
+        again["id"] != d["id"] and (settings.data_dir / db_session.get(Dataset, again["id"]).path).is_file()
+    )
 
 
 def test_filenames_are_sanitized_for_display():

@@ -204,5 +204,6 @@ def test_upload_train_poll_inspect_predict_and_cancel(service, shared_data):
     kinds = [e["kind"] for e in client.get(f"/jobs/{job_id2}/events").json()["data"]]
     assert "cancelling" in kinds and kinds[-1] == "cancelled"
     assert client.get(f"/jobs/{job_id2}/checkpoints").json()["count"] >= 1
-    # the dataset is still referenced: deleting it is refused
-    assert client.delete(f"/datasets/{dataset['id']}").status_code == 409
+    # every job on it has ended: the dataset can go, the jobs stay
+    assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
+    assert client.get(f"/jobs/{job_id2}").json()["status"] == "cancelled"
