@@ -11,7 +11,8 @@ Each step is a whole training step (forward, backward, gradient clipping, fused 
 The variants run in turns of 20 steps, 12 turns each, so a change in the machine's load hits all alike;
 it prints the median milliseconds per step and the ratio to ``gelu``. Usage::
 
-    python bench/mlp_activation.py [--turns 12] [--steps-per-turn 20] [--threads N] [--quick] [--json]
+    python bench/mlp_activation.py [--turns 12] [--steps-per-turn 20] [--precision fp32|bf16] [--threads N]
+                                   [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="2 turns of 2 steps: a smoke run")
     p.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: steps under CPU bf16 autocast"
+    )
     args = p.parse_args(argv)
     turns, per_turn = (2, 2) if args.quick else (args.turns, args.steps_per_turn)
     if args.threads:
@@ -70,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     stream = torch.randint(0, VOCAB, (100_000,), generator=torch.Generator().manual_seed(0))
     offsets = torch.arange(CFG.max_length + 1)
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def step(model, optimizer) -> None:
         w = stream[torch.randint(len(stream) - len(offsets), (BATCH,))[:, None] + offsets]
-        _, loss = model(w[:, :-1], w[:, 1:])
+        with autocast:
+            _, loss = model(w[:, :-1], w[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -89,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(per_turn):
                 step(*run)
             times[name].append((time.perf_counter() - t0) / per_turn * 1e3)
-    print(f"{turns} turns x {per_turn} steps, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"{turns} turns x {per_turn} steps, {args.precision}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name, median in medians.items():
         print(f"{name}: {median:.2f} ms/step, {medians['gelu'] / median:.3f}x gelu's speed")

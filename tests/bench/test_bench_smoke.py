@@ -71,8 +71,9 @@ def test_api_load_quick(shared_data):
     assert result["training_tokens_per_second"]["quiet_before"] > 0  # the job trained while measured
 
 
-def test_mlp_activation_quick():
-    proc = run_bench("mlp_activation.py", "--threads", "1", timeout=120)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mlp_activation_quick(precision):
+    proc = run_bench("mlp_activation.py", "--threads", "1", "--precision", precision, timeout=120)
     for name in ("gelu", "relu2_autograd", "relu2"):
         assert re.search(rf"^{name}: [\d.]+ ms/step, \d+\.\d{{3}}x gelu's speed$", proc.stdout, re.M), (
             proc.stdout
