@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,32 @@ def service_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, st
         "JOBFORMER_HEARTBEAT_TIMEOUT_SECONDS": "6",
         **extra,
     }
+
+
+@contextlib.contextmanager
+def service_environment(tmp_path: Path, database_url: str, monkeypatch: Any) -> Iterator[dict[str, str]]:
+    """``service_env`` set in os.environ (worker subprocesses inherit it) and the data dir made; afterwards
+    the test's queue and worker registrations are removed from Redis through a fresh connection (a test
+    may have restarted Redis under a cached client)."""
+    import redis
+
+    from core.settings import get_settings
+    from worker import queue
+
+    values = service_env(tmp_path, database_url)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    (tmp_path / "data").mkdir()
+    yield values
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.delete(values["JOBFORMER_QUEUE_NAME"])
+        for key in client.scan_iter(match=f"{queue.WORKER_KEY_PREFIX}:{values['JOBFORMER_QUEUE_NAME']}:*"):
+            client.delete(key)
+    finally:
+        client.close()
+    get_settings.cache_clear()
 
 
 def make_dataset(data_dir: Path, rows: int = 2000) -> dict[str, Any]:

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import torch
 
 from core.ml.predict import Predictor
 from core.settings import get_settings
 from tests.integration.procs import (
-    REDIS_URL,
     RedisServer,
     TcpProxy,
     create_job,
@@ -40,7 +38,7 @@ from tests.integration.procs import (
     job_events,
     job_row,
     job_step,
-    service_env,
+    service_environment,
     start_api,
     start_worker,
     tiny_config,
@@ -61,20 +59,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterato
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("TRUNCATE metric_points, events, checkpoints, jobs, datasets RESTART IDENTITY CASCADE")
-    values = service_env(tmp_path, pg_url)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    (tmp_path / "data").mkdir()
-    yield values
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.delete(values["JOBFORMER_QUEUE_NAME"])
-        for key in client.scan_iter(match=f"{queue.WORKER_KEY_PREFIX}:{values['JOBFORMER_QUEUE_NAME']}:*"):
-            client.delete(key)
-    finally:
-        client.close()
-    get_settings.cache_clear()
+    with service_environment(tmp_path, pg_url, monkeypatch) as values:
+        yield values
 
 
 def _status(job_id: str) -> str:

@@ -17,14 +17,13 @@ from core.db import store
 from core.db.models import Event
 from core.db.session import session_scope
 from core.ml.checkpoint import list_checkpoints
-from core.settings import get_settings
 from tests.integration.procs import (
     create_job,
     job_checkpoints,
     job_curves,
     job_row,
     job_step,
-    service_env,
+    service_environment,
     start_worker,
     tiny_config,
     wait_for,
@@ -42,17 +41,8 @@ def env(
     parametrize indirectly with "sqlite" for the embedded backend."""
     backend = getattr(request, "param", "postgresql")
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "db_url_pg")
-    values = service_env(tmp_path, url)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    (tmp_path / "data").mkdir()
-    yield values
-    client = queue.redis_client()
-    client.delete(values["JOBFORMER_QUEUE_NAME"])
-    for key in client.scan_iter(match=f"{queue.WORKER_KEY_PREFIX}:{values['JOBFORMER_QUEUE_NAME']}:*"):
-        client.delete(key)
-    get_settings.cache_clear()
+    with service_environment(tmp_path, url, monkeypatch) as values:
+        yield values
 
 
 @pytest.fixture

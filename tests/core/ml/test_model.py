@@ -162,6 +162,9 @@ def test_squared_relu_gradient_matches_autograd():
     (mine,) = torch.autograd.grad(SquaredReLU.apply(x), x, g)
     (ref,) = torch.autograd.grad(torch.relu(x) ** 2, x, g)
     assert torch.allclose(mine, ref)
+    xb = x.detach().bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 in, bf16 out, bf16 gradient
-        y = SquaredReLU.apply(x.detach().bfloat16().requires_grad_())
-    assert y.dtype == torch.bfloat16
+        y = SquaredReLU.apply(xb)
+    y.backward(g.bfloat16())
+    assert y.dtype == xb.grad.dtype == torch.bfloat16
+    assert torch.allclose(xb.grad.double(), ref, rtol=0.05, atol=0.05)
