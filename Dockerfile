@@ -21,6 +21,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY api ./api
+COPY broker ./broker
 COPY cli ./cli
 COPY core ./core
 COPY migrations ./migrations
@@ -32,4 +33,5 @@ VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
+# Listening on every interface, `serve` refuses to start without JOBFORMER_API_KEYS (no key is built in).
 CMD ["jobformer", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install lint test test-fast bench clean
+.PHONY: install up lint test test-fast bench clean
 
 $(BIN)/jobformer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(BIN)/jobformer: pyproject.toml
 	touch $(BIN)/jobformer
 
 install: $(BIN)/jobformer
+
+# The first command on a fresh machine: the virtualenv and CPU torch that `make test` prepares, then
+# `jobformer up` (it prints the dashboard's URL). Pass options with ARGS, e.g. `make up ARGS="--port 8080"`.
+up: install
+	$(BIN)/jobformer up $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

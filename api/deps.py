@@ -1,39 +1,34 @@
-"""Dependencies shared by the routes: settings, a database session, and the caller's identity.
+"""Dependencies shared by the routes: settings, a database session, the caller's identity, and the lookups
+every route module needs (ids, paging, a dataset or job of the caller's).
 
-Access (issue 4): when ``settings.api_keys`` is set, every route but ``/healthz`` needs
-``Authorization: Bearer <key>``. Keys live in memory only as SHA-256 digests and a presented key is
-compared, hashed, against every one with :func:`hmac.compare_digest` (constant time, no early exit). The
-owner recorded on datasets and jobs is a short hash id of the key, never the key itself.
+Access (issue 4): when ``settings.api_keys`` is set, every route but ``/healthz`` (and the API docs)
+needs ``Authorization: Bearer <key>``, checked by the request gate (api/middleware.py) before any of the
+body is read; :data:`OwnerDep` hands the owner it found to the routes. Keys live in memory only as SHA-256
+digests and a presented key is compared, hashed, against every one with :func:`hmac.compare_digest`
+(constant time, no early exit). The owner recorded on datasets and jobs is a short hash id of the key,
+never the key itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import logging
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.errors import ProblemError
+from core.db.models import Dataset, Job
 from core.db.session import get_sessionmaker
+from core.owners import hash_key, owner_id
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def owner_id(key_digest: bytes) -> str:
-    """The short, stable id stored as ``owner``: 16 hex digits of a hash of the key's digest."""
-    return hashlib.sha256(b"jobformer-owner:" + key_digest).hexdigest()[:16]
 
 
 class KeyRing:
@@ -93,6 +88,10 @@ API_SESSIONS = 20
 SessionDep = Annotated[Session, Depends(get_db, scope="function", max_concurrency=API_SESSIONS)]
 
 
+# Where the request gate leaves the owner id it authenticated (``request.state.owner``).
+OWNER_STATE_KEY = "owner"
+
+
 def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(
         401,
@@ -106,16 +105,16 @@ def _unauthorized(detail: str) -> ProblemError:
 _bearer = HTTPBearer(auto_error=False, description="An API key from JOBFORMER_API_KEYS.")
 
 
-def get_owner(
-    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str | None:
-    """The caller's owner id, or None when authentication is off. 401 problem when a key is needed."""
-    keyring: KeyRing = request.app.state.keyring
+def authenticate(keyring: KeyRing, authorization: str) -> str | None:
+    """The owner id for an ``Authorization`` header value, or None when authentication is off.
+
+    Raises the 401 problem (with ``WWW-Authenticate``) when a key is needed and this is not one. The request
+    gate (api/middleware.py) calls it before any of the body is read; :func:`get_owner` hands its answer on.
+    """
     if not keyring.enabled:
         return None
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
+    scheme, _, token = authorization.partition(" ")
+    if not authorization:
         raise _unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'")
@@ -125,4 +124,44 @@ def get_owner(
     return owner
 
 
+async def get_owner(
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str | None:
+    """The caller's owner id, or None when authentication is off. 401 problem when a key is needed.
+
+    The gate has checked the key already and left the owner in the request state; an app built without
+    the gate checks it here. Async (it never blocks): no threadpool hop for every request.
+    """
+    keyring: KeyRing = request.app.state.keyring
+    if not keyring.enabled:
+        return None
+    owner = getattr(request.state, OWNER_STATE_KEY, None)
+    if owner is not None:
+        return owner
+    return authenticate(keyring, request.headers.get("authorization", ""))
+
+
 OwnerDep = Annotated[str | None, Depends(get_owner)]
+
+
+# --- shared lookups ---------------------------------------------------------------------------------
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")]
+
+
+def get_owned_dataset(session: Session, dataset_id: str, owner: str | None) -> Dataset | None:
+    """The dataset if it exists and belongs to ``owner`` (anyone's when auth is off)."""
+    d = session.get(Dataset, dataset_id)
+    if d is None or d.deleted_at is not None or (owner is not None and d.owner != owner):
+        return None
+    return d
+
+
+def get_owned_job(session: Session, job_id: str, owner: str | None) -> Job:
+    """The job, or a 404 problem when it does not exist or belongs to another key (not 403: no leak)."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        raise ProblemError(404, f"job {job_id} not found", code="not_found")
+    return job

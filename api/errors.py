@@ -28,7 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.ml.errors import JobformerError, Problem
+from core.ml.errors import JobformerError, Problem, format_problems
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,7 @@ def _clean_loc(loc: Sequence[Any]) -> list[str | int]:
 
 
 def _summary(errors: list[dict[str, Any]], limit: int = 5) -> str:
-    parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:limit]]
-    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
-    return "; ".join(parts) + more
+    return format_problems([Problem(e["loc"], e["msg"]) for e in errors], limit=limit)
 
 
 async def _problem_error(request: Request, exc: Exception) -> JSONResponse:

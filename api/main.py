@@ -5,21 +5,29 @@ Build your own with ``create_app(settings)`` (tests do: each gets its own data d
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
 from fastapi import FastAPI
 
-from api.caches import PredictorCache, WorkersOnline
+from api.caches import PredictorCache
 from api.deps import KeyRing
-from api.errors import install_handlers, problem_response
-from api.routes import datasets, health, jobs
+from api.errors import install_handlers
+from api.jobviews import JobViews
+from api.metrics import HttpMetrics, make_registry
+from api.middleware import RequestGate
+from api.routes import datasets, evaluations, health, jobs, metrics, pages, predictions, stream, sweeps
+from api.streams import StreamHub
+from api.uploads import MULTIPART_OVERHEAD, limit_message
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-# Bodies that are not multipart uploads (JSON: configs, prediction texts) stop here.
-MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+MB = 1024 * 1024
+
+# Multipart uploads get the upload limit (JOBFORMER_MAX_UPLOAD_MB); every other body the small one.
+UPLOAD_ROUTES = {("POST", "/datasets"), ("POST", "/jobs")}
 
 DESCRIPTION = """
 Upload a CSV, start a training job, poll it for progress and losses, download checkpoints, predict.
@@ -38,50 +46,11 @@ Errors are `application/problem+json` (RFC 9457). When the server has API keys
 """
 
 
-class BodyLimitMiddleware:
-    """413 for non-multipart bodies past ``max_bytes``, counted as they arrive (uploads have their own limit)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
-            await self.app(scope, receive, send)
-            return
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(scope, receive, send)
-
-    async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
-        response = problem_response(
-            413, f"request body larger than {self.max_bytes} bytes", code="body_too_large"
-        )
-        await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+def body_limit_message(max_mb: int) -> str:
+    return (
+        f"request body larger than the limit of {max_mb} MB (setting JOBFORMER_MAX_BODY_MB); "
+        "send less per request, or raise the limit"
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -94,33 +63,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "datasets", "description": "Upload and manage training files."},
             {"name": "jobs", "description": "Training jobs: create, poll, cancel, checkpoints, predict."},
+            {"name": "sweeps", "description": "Hyperparameter searches: trials are jobs, best first."},
             {"name": "health", "description": "Liveness and readiness probes."},
         ],
     )
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys)
 
-    def _workers() -> int:
-        from worker.queue import workers_online
-
-        return workers_online(timeout=1.0)
-
     def _load_predictor(path: str) -> Any:
         from core.ml.predict import Predictor
 
         return Predictor.load(path, device="cpu")
 
-    app.state.workers_online = WorkersOnline(_workers, ttl=5.0)
     app.state.predictors = PredictorCache(_load_predictor, maxsize=4)
+    # GET /jobs/{id} from memory, and one reader per watched job fanned out to its streams, which keeps
+    # that job's answer fresh too (docs/design.md, "Live updates").
+    app.state.job_views = JobViews()
+    app.state.streams = StreamHub(settings.resolved_database_url, views=app.state.job_views)
+
+    # GET /metrics (docs/design.md, "Operators"): one registry per app; HTTP latency by route template.
+    app.state.metrics_registry, latency = make_registry(settings)
 
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
+    app.include_router(stream.router)
+    app.include_router(sweeps.router)
+    # docs/design.md, "Evaluations and batch predictions"
+    app.include_router(evaluations.router)
+    app.include_router(predictions.router)
+    app.include_router(metrics.router)
+    # The dashboard (docs/design.md, "The dashboard"): its files hold no data and load without a key.
+    app.include_router(pages.router)
+    app.mount(pages.STATIC_PREFIX, pages.static_files(), name="ui")
+    # The gate answers before the body is read: no key, 401; too large, 413 (api/middleware.py).
+    public = {"/healthz", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    public |= pages.public_paths()
+    public.add(metrics.PATH)  # its own token, not a user's key (api/routes/metrics.py)
+    app.add_middleware(HttpMetrics, latency=latency)  # inside the gate: requests that reached the app
+    app.add_middleware(
+        RequestGate,
+        keyring=app.state.keyring,
+        public_paths={p for p in public if p},
+        body_limit=settings.max_body_mb * MB,
+        body_too_large=body_limit_message(settings.max_body_mb),
+        upload_routes=UPLOAD_ROUTES,
+        upload_limit=settings.max_upload_mb * MB + MULTIPART_OVERHEAD,
+        upload_too_large=limit_message(settings.max_upload_mb * MB),
+    )
     if settings.api_keys:
-        log.info("API keys: %d configured; Bearer auth on all routes but /healthz", len(settings.api_keys))
+        log.info(
+            "API keys: %d configured; Bearer auth on all routes but /healthz and the docs",
+            len(settings.api_keys),
+        )
     return app
 
 
 app = create_app()
+# What the imports and the app made lives as long as the process (about 265k objects: FastAPI, pydantic,
+# SQLAlchemy, torch for predictions). Frozen, the collector no longer walks it on every full collection:
+# under the API load bench each one stopped the event loop, every request with it, for 100-200 ms
+# (docs/design.md, "Live updates").
+gc.collect()
+gc.freeze()

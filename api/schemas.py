@@ -90,8 +90,35 @@ class JobCreate(BaseModel):
     )
 
     dataset_id: str = Field(min_length=1, max_length=64, description="An id from POST /datasets.")
+    test_dataset_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "A test set (an id from POST /datasets) with the job's text (and label) column: when training "
+            "succeeds the best checkpoint is evaluated on it (`test_evaluation` in the job)."
+        ),
+    )
+    queue: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "The worker queue to run on, one of the server's JOBFORMER_QUEUES (e.g. 'gpu'); only workers "
+            "started with `jobformer worker -Q <queue>` run the job. Default: the server's queue_name."
+        ),
+        examples=["default"],
+    )
     config: dict[str, Any] = Field(
-        description="The training config (DESIGN.md section 5); only 'task' is required."
+        description="The training config (the README's config reference); only 'task' is required."
+    )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description=(
+            "An http(s) URL POSTed, signed, when the job ends (docs/design.md, 'Operators'); the server needs "
+            "JOBFORMER_WEBHOOK_SECRET, and the host must be public or in JOBFORMER_WEBHOOK_ALLOWED_HOSTS."
+        ),
+        examples=["https://hooks.example.com/jobformer"],
     )
 
 
@@ -121,9 +148,14 @@ class BestPublic(BaseModel):
 
 
 class QueuePublic(BaseModel):
-    position: int = Field(description="1 when this job is next.")
+    position: int = Field(
+        description=(
+            "1 when this job is next in its queue: 1 + the queued jobs of that queue created before it, "
+            "everyone's (a count only; nothing else about other keys' jobs is shown)."
+        )
+    )
     workers_online: int | None = Field(
-        description="Workers answering a ping (cached a few seconds); null: unknown."
+        description="Workers consuming the job's queue (cached a few seconds); null: unknown."
     )
 
 
@@ -150,9 +182,30 @@ JOB_EXAMPLE: dict[str, Any] = {
     },
     "metrics": {"train_loss": 0.21, "val_loss": 0.18, "val_accuracy": 0.95, "val_f1_macro": 0.89},
     "best": {"step": 50, "metric": "val_loss", "value": 0.18, "checkpoint": "step-00000050"},
+    "queue_name": "default",
     "queue": None,
     "warnings": [],
 }
+
+
+class TrialPublic(BaseModel):
+    """A sweep's trial (docs/design.md, "Sweeps")."""
+
+    number: int = Field(description="The trial's number in its sweep, from 0.")
+    params: dict[str, Any] = Field(description="The config paths this trial sets, and their values.")
+    pruned: str | None = Field(None, description="Why early stopping stopped it; null: it was not.")
+
+
+class EvaluationSummaryPublic(BaseModel):
+    """The job's test-set evaluation in short: where it is, its state and its headline numbers."""
+
+    id: str
+    url: str = Field(description="GET it for the whole report (per class, confusion matrix, mistakes).")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    summary: dict[str, float] = Field(
+        default_factory=dict,
+        description="Once succeeded: accuracy and f1_macro (classification) or loss and perplexity.",
+    )
 
 
 class JobPublic(BaseModel):
@@ -171,8 +224,20 @@ class JobPublic(BaseModel):
     progress: ProgressPublic | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="The latest value of each metric.")
     best: BestPublic | None = None
-    queue: QueuePublic | None = Field(None, description="Queued jobs only: position and workers online.")
+    queue_name: str = Field(description="The worker queue the job runs on (`queue` in POST /jobs).")
+    queue: QueuePublic | None = Field(
+        None, description="Queued jobs only: position in its queue and the queue's workers online."
+    )
     warnings: list[str] = Field(default_factory=list, description="For example: no worker is online.")
+    sweep_id: str | None = Field(None, description="The sweep this job is a trial of (POST /sweeps).")
+    trial: TrialPublic | None = Field(None, description="A sweep's trial: its number and parameters.")
+    webhook_url: str | None = Field(
+        None, description="Where the job's end is POSTed (`webhook_url` in POST /jobs)."
+    )
+    test_dataset_id: str | None = Field(None, description="The test set (`test_dataset_id` in POST /jobs).")
+    test_evaluation: EvaluationSummaryPublic | None = Field(
+        None, description="The test set's evaluation, once queued (GET /evaluations/{id} has all of it)."
+    )
 
 
 class JobsPublic(BaseModel):
@@ -279,7 +344,10 @@ class PredictRequest(BaseModel):
     )
 
     texts: list[str] | None = Field(
-        None, min_length=1, max_length=MAX_PREDICT_TEXTS, description="Classification: texts to label."
+        None,
+        min_length=1,
+        max_length=MAX_PREDICT_TEXTS,
+        description="Classification: texts to label. Text to text: texts to turn into outputs.",
     )
     prompt: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="Language modelling: the prompt.")
     max_new_tokens: int = Field(200, ge=1, le=4096)
@@ -287,6 +355,13 @@ class PredictRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=1_000_000)
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="Fixes the sampling for repeatable output."
+    )
+    beam_size: int = Field(1, ge=1, le=16, description="Text to text: 1 is greedy, more is beam search.")
+    length_penalty: float = Field(
+        1.0,
+        ge=0,
+        le=5,
+        description="Text to text, beam search: larger favours longer outputs (GNMT's alpha).",
     )
 
     @model_validator(mode="after")
@@ -305,8 +380,12 @@ class ClassificationPublic(BaseModel):
     probabilities: dict[str, float]
 
 
+class TextOutputPublic(BaseModel):
+    text: str = Field(description="Text to text: the output for the input text at this position.")
+
+
 class PredictionsPublic(BaseModel):
-    """Classification answer: one entry per input text, in order."""
+    """Classification or text-to-text answer: one entry per input text, in order."""
 
     model_config = _example(
         {
@@ -318,7 +397,7 @@ class PredictionsPublic(BaseModel):
         }
     )
 
-    data: list[ClassificationPublic]
+    data: list[ClassificationPublic] | list[TextOutputPublic]
     checkpoint: str = Field(description="The checkpoint that answered (the job's best).")
 
 

@@ -105,6 +105,7 @@ class _Receiver:
         self._headers = {}
         self._name = None
 
+    # python-multipart bounds a part's headers itself (8 lines of 4 KB): these never grow past that.
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
 
@@ -117,9 +118,25 @@ class _Receiver:
         self._header_value.clear()
 
     def on_headers_finished(self) -> None:
+        if self.error is not None:
+            return
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         self._name = name
+        if name != self.file_field and name not in self.text_fields:
+            # Refused at its headers, before any of its data: an unknown part is never read into memory or
+            # onto disk, whatever its size.
+            expected = ", ".join(f"'{f}'" for f in (self.file_field, *sorted(self.text_fields)))
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            self.error = ProblemError(
+                422,
+                f"unknown form field '{shown}': this endpoint takes only {expected}",
+                code="invalid_request",
+                errors=[
+                    {"loc": ["body", shown], "msg": "unknown field; remove it", "type": "extra_forbidden"}
+                ],
+            )
+            return
         if name == self.file_field:
             if self.form.file is not None or self._out is not None:
                 self._fail(422, f"send exactly one '{self.file_field}' part", "invalid_request")

@@ -7,18 +7,24 @@ number and its own queue name (so no other worker can take the job). It uploads 
 a training job on it, then measures three phases of ``--duration`` seconds each:
 
     quiet-before  no requests; the job trains alone
-    load          ``--clients`` concurrent clients poll GET /jobs/{id} back to back (asyncio + httpx)
+    load          ``--clients`` concurrent clients poll GET /jobs/{id} (asyncio + httpx), each every
+                  ``--poll-interval`` seconds (0: back to back) and with the ETag of its last answer in
+                  ``If-None-Match`` (an unchanged job answers 304), while ``--subscribers`` clients
+                  follow GET /jobs/{id}/stream (server-sent events; issue 9)
     quiet-after   no requests again (shows drift: evaluations, other load on the machine, and how long
                   the API takes to drain what the pollers left in flight)
 
-and prints requests/s, p50/p99 latency and errors of the pollers (errors must be 0), and the training
-throughput in each phase: tokens/s from the job's progress (the ``step`` it reports, times the tokens in a
+and prints requests/s, p50/p99 latency and errors of the pollers and the subscribers' messages and errors
+(errors must be 0: a stream that fails or closes early is one), and the training
+throughput in each phase, and the CPU cores each process used in each phase (the API, the worker with
+the pool child that trains, and this script, the load): tokens/s from the job's progress (the ``step`` it reports, times the tokens in a
 step: the job is a character language model on the SMS texts, so every step is exactly batch x context
 tokens), and the ratio with pollers / without. The progress is read twice a second straight from the
 database by a thread of this script, so the training measurement does not depend on the API answering. Then it cancels the job and stops everything. Exit code 1
 if any poller request failed. Usage::
 
-    python bench/api_load.py [--clients 200] [--duration 30] [--db postgres|sqlite] [--quick] [--json]
+    python bench/api_load.py [--clients 200] [--subscribers 200] [--poll-interval 1] [--duration 30]
+                             [--db postgres|sqlite] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -38,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -116,6 +124,30 @@ def postgres_url() -> str | None:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_BENCH_DB}"
 
 
+def session_cpu_seconds(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session ``sid`` (Linux /proc):
+    a ``Proc`` and its children (the worker's pool child that trains)."""
+    ticks = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session, ... utime (11), stime (12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(procs: list[Proc]) -> dict[str, float]:
+    """CPU seconds so far of each stack process (with its children) and of this script (the load)."""
+    return {
+        **{p.name: session_cpu_seconds(p.popen.pid) for p in procs},
+        "load_generator": time.process_time(),
+    }
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..100)."""
     if not sorted_values:
@@ -175,71 +207,213 @@ class Monitor:
         return (b_step - a_step) * TOKENS_PER_STEP / (b_t - a_t) if b_t > a_t else 0.0
 
 
-async def poller(client: httpx.AsyncClient, path: str, deadline: float, lat: list[float], errs: list[str]):
-    """One client: GET ``path`` back to back until ``deadline``; latencies in seconds."""
+def own_client(base_url: str, headers: dict[str, str], timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """One client's own connection, as each of 200 users has. (One shared pool of 200 connections would
+    measure httpcore's pool instead: it scans every connection on every request, and at 200 of them the
+    load generator, not the API, set the latency.)"""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits)
+
+
+async def poller(
+    client: httpx.AsyncClient, path: str, deadline: float, interval: float, lat: Latencies, errs: list[str]
+) -> None:
+    """One client: GET ``path`` every ``interval`` seconds until ``deadline``, sending the ETag of its last
+    answer (an unchanged job is a 304 without a body); latencies in seconds. Clients start at random
+    moments within the first interval, as independent users do (not 200 requests in the same instant)."""
+    async with client:
+        await asyncio.sleep(random.uniform(0, interval))
+        await _poll(client, path, deadline, interval, lat, errs)
+
+
+@dataclass
+class Latencies:
+    """Answer latencies in seconds: each client's first answer (it opens the connection, while the other
+    399 clients open theirs) apart from the steady state of polling on open connections."""
+
+    first: list[float] = field(default_factory=list)
+    steady: list[float] = field(default_factory=list)
+
+
+async def _poll(
+    client: httpx.AsyncClient, path: str, deadline: float, interval: float, lat: Latencies, errs: list[str]
+) -> None:
+    etag = None
+    answers = lat.first
     while time.perf_counter() < deadline:
         t = time.perf_counter()
         try:
-            r = await client.get(path)
-            if r.status_code != 200:
-                errs.append(f"HTTP {r.status_code}")
+            r = await client.get(path, headers={"If-None-Match": etag} if etag else {})
+            if r.status_code in (200, 304):
+                etag = r.headers.get("etag") if r.status_code == 200 else etag
+                answers.append(time.perf_counter() - t)
+                answers = lat.steady
             else:
-                lat.append(time.perf_counter() - t)
+                errs.append(f"HTTP {r.status_code}")
         except httpx.HTTPError as e:
             errs.append(type(e).__name__)
+        await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t)))
+
+
+async def subscriber(client: httpx.AsyncClient, path: str, deadline: float, got: list[int], errs: list[str]):
+    """One watcher: follow the job's event stream until ``deadline``; counts its messages. A stream that
+    fails, or closes before the deadline (the job runs on), is an error."""
+    messages = 0
+    try:
+        async with (
+            client,
+            asyncio.timeout(deadline - time.perf_counter()),
+            client.stream("GET", path) as r,
+        ):
+            if r.status_code != 200:
+                errs.append(f"stream HTTP {r.status_code}")
+                return
+            async for line in r.aiter_lines():
+                messages += line.startswith("event:")
+        errs.append("stream closed early")
+    except TimeoutError:
+        pass  # the deadline: the stream was still open, as it should be
+    except httpx.HTTPError as e:
+        errs.append(f"stream {type(e).__name__}")
+    got.append(messages)
+
+
+METRICS_TOKEN = secrets.token_hex(16)
+
+
+def server_histogram(base_url: str) -> dict[float, float]:
+    """The API's own latency histogram of GET /jobs/{job_id} (200 and 304 answers, cumulative counts by
+    upper bound, from GET /metrics): time from a request reaching the app to the start of its answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30)
+    r.raise_for_status()
+    counts: dict[float, float] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "jobformer_http_request_duration_seconds_bucket"
+                and labels.get("method") == "GET"
+                and labels.get("route") == "/jobs/{job_id}"
+                and labels.get("status") in ("200", "304")
+            ):
+                bound = float(labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + sample.value
+    return counts
+
+
+def server_summary(before: dict[float, float], after: dict[float, float]) -> dict:
+    """The load phase's share of answers the app took longer than 100 ms (and 250 ms) to start, and the
+    histogram bound under which 99% of them started."""
+    diff = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
+    total = diff.get(float("inf"), 0.0)
+    if not total:
+        return {"answers": 0}
+    p99_bound = next((b for b, n in diff.items() if n >= 0.99 * total), float("inf"))
+    return {
+        "answers": int(total),
+        "over_100ms": 1 - diff.get(0.1, 0.0) / total,
+        "over_250ms": 1 - diff.get(0.25, 0.0) / total,
+        "p99_at_most_ms": 1000 * p99_bound,
+    }
+
+
+async def loop_lag(deadline: float, lags: list[float]) -> None:
+    """How late this process's own event loop wakes up (a 10 ms sleep's overshoot, seconds): a request's
+    latency as measured here includes it, so a late generator is told apart from a slow API."""
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append(time.perf_counter() - t - 0.01)
 
 
 async def measure(
-    base_url: str, key: str, job_id: str, clients: int, duration: float, monitor: Monitor
+    base_url: str, key: str, job_id: str, args: argparse.Namespace, monitor: Monitor, procs: list[Proc]
 ) -> dict:
+    clients, subscribers, duration = args.clients, args.subscribers, args.duration
     headers = {"Authorization": f"Bearer {key}"}
     phases: dict[str, tuple[float, float]] = {}
-    async with (
-        # One connection per client: each poller is a separate keep-alive connection, as 200 users are.
-        httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=30,
-            limits=httpx.Limits(max_connections=clients, max_keepalive_connections=clients),
-        ) as load_client,
-    ):
-        t = time.perf_counter()
-        await asyncio.sleep(duration)
-        phases["quiet_before"] = (t, time.perf_counter())
+    cpu: dict[str, dict[str, float]] = {}  # the cores each process used in each phase
+    poll_timeout, stream_timeout = httpx.Timeout(30), httpx.Timeout(30, read=60)
+    t, c = time.perf_counter(), cpu_now(procs)
+    await asyncio.sleep(duration)
+    phases["quiet_before"] = (t, time.perf_counter())
+    cpu["quiet_before"] = {k: v - c[k] for k, v in cpu_now(procs).items()}
 
-        lat: list[float] = []
-        errs: list[str] = []
-        t = time.perf_counter()
-        deadline = t + duration
-        await asyncio.gather(
-            *(poller(load_client, f"/jobs/{job_id}", deadline, lat, errs) for _ in range(clients))
-        )
-        phases["load"] = (t, time.perf_counter())
+    lat = Latencies()
+    errs: list[str] = []
+    stream_messages: list[int] = []
+    stream_errs: list[str] = []
+    # Made before the phase starts: a client costs milliseconds to make (its TLS context), 400 of them seconds.
+    pollers = [own_client(base_url, headers, poll_timeout) for _ in range(clients)]
+    watchers = [own_client(base_url, headers, stream_timeout) for _ in range(subscribers)]
+    t, c = time.perf_counter(), cpu_now(procs)
+    deadline = t + duration
+    path = f"/jobs/{job_id}"
+    histogram_before = await asyncio.to_thread(server_histogram, base_url)
+    lags: list[float] = []
+    await asyncio.gather(
+        loop_lag(deadline, lags),
+        *(poller(client, path, deadline, args.poll_interval, lat, errs) for client in pollers),
+        *(
+            subscriber(client, f"{path}/stream", deadline, stream_messages, stream_errs)
+            for client in watchers
+        ),
+    )
+    phases["load"] = (t, time.perf_counter())
+    cpu["load"] = {k: v - c[k] for k, v in cpu_now(procs).items()}
+    server = server_summary(histogram_before, await asyncio.to_thread(server_histogram, base_url))
 
-        t = time.perf_counter()
-        await asyncio.sleep(duration)
-        phases["quiet_after"] = (t, time.perf_counter())
+    t, c = time.perf_counter(), cpu_now(procs)
+    await asyncio.sleep(duration)
+    phases["quiet_after"] = (t, time.perf_counter())
+    cpu["quiet_after"] = {k: v - c[k] for k, v in cpu_now(procs).items()}
 
-    lat.sort()
+    first, steady = sorted(lat.first), sorted(lat.steady)
+    lags.sort()
     load_s = phases["load"][1] - phases["load"][0]
     throughput = {name: monitor.tokens_per_second(a, b) for name, (a, b) in phases.items()}
     quiet = (throughput["quiet_before"] + throughput["quiet_after"]) / 2
     return {
         "clients": clients,
         "duration_s": duration,
-        "requests": len(lat) + len(errs),
-        "requests_per_second": (len(lat) + len(errs)) / load_s,
+        "requests": len(first) + len(steady) + len(errs),
+        "requests_per_second": (len(first) + len(steady) + len(errs)) / load_s,
+        # Polling on open connections: what a page or a script polling a job sees.
         "latency_ms": {
-            "p50": 1000 * percentile(lat, 50),
-            "p99": 1000 * percentile(lat, 99),
-            "max": 1000 * lat[-1] if lat else float("nan"),
-            "mean": 1000 * statistics.fmean(lat) if lat else float("nan"),
+            "p50": 1000 * percentile(steady, 50),
+            "p99": 1000 * percentile(steady, 99),
+            "max": 1000 * steady[-1] if steady else float("nan"),
+            "mean": 1000 * statistics.fmean(steady) if steady else float("nan"),
         },
+        # Each client's first answer: its connection opened while 399 others open theirs, and the job's
+        # answer first read after the quiet phase.
+        "first_answer_latency_ms": {
+            "p50": 1000 * percentile(first, 50),
+            "p99": 1000 * percentile(first, 99),
+            "max": 1000 * first[-1] if first else float("nan"),
+        },
+        "latency_ms_all": {"p99": 1000 * percentile(sorted(first + steady), 99)},
+        "server_side": server,
+        "generator_lag_ms": {"p50": 1000 * percentile(lags, 50), "p99": 1000 * percentile(lags, 99)},
+        "poll_interval_s": args.poll_interval,
         "errors": len(errs),
         "error_kinds": sorted(set(errs))[:10],
+        "subscribers": subscribers,
+        "stream_messages": sum(stream_messages),
+        "stream_messages_min": min(stream_messages, default=0),
+        "stream_errors": len(stream_errs),
+        "stream_error_kinds": sorted(set(stream_errs))[:10],
         "monitor_errors": monitor.errors,
         "training_tokens_per_second": throughput,
         "training_ratio_load_vs_quiet": throughput["load"] / quiet if quiet else float("nan"),
+        # CPU cores each process used per phase (CPU seconds / phase seconds): what the 2 cores went to.
+        "cores_used": {
+            name: {k: v / (phases[name][1] - phases[name][0]) for k, v in used.items()}
+            for name, used in cpu.items()
+        },
+        "load_average_1min": os.getloadavg()[0],
         "job_progress_tokens_per_second": monitor.last.get("tokens_per_second"),
         "job_step": monitor.last.get("step"),
     }
@@ -272,6 +446,7 @@ def run(args: argparse.Namespace) -> dict:
             "JOBFORMER_BROKER_URL": REDIS_URL,
             "JOBFORMER_QUEUE_NAME": queue,
             "JOBFORMER_API_KEYS": key,
+            "JOBFORMER_METRICS_TOKEN": METRICS_TOKEN,
         }
         if database_url:
             env["JOBFORMER_DATABASE_URL"] = database_url
@@ -315,9 +490,9 @@ def run(args: argparse.Namespace) -> dict:
             print(f"job {job_id} training; measuring {args.duration:g} s per phase", flush=True)
             db_url = database_url or f"sqlite:///{tmp_path / 'data' / 'jobformer.db'}"
             with Monitor(db_url, job_id) as monitor:
-                result = asyncio.run(measure(base_url, key, job_id, args.clients, args.duration, monitor))
+                result = asyncio.run(measure(base_url, key, job_id, args, monitor, procs))
             result["database"] = "postgresql" if database_url else "sqlite"
-            if result["errors"] or result["monitor_errors"]:
+            if result["errors"] or result["stream_errors"] or result["monitor_errors"]:
                 for p in procs:
                     print(f"--- {p.name} log (tail) ---\n{p.tail(4000)}", file=sys.stderr)
             return result
@@ -343,6 +518,13 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=200, help="concurrent pollers (default 200)")
+    p.add_argument("--subscribers", type=int, default=200, help="concurrent stream watchers (default 200)")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between a poller's requests (0: back to back)",
+    )
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase (default 30)")
     p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     p.add_argument("--warmup-steps", type=int, default=20, help="job steps before measuring")
@@ -352,8 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.duration, args.warmup_steps = min(args.clients, 10), 3.0, 2
-    if args.clients < 1 or args.clients > 1000 or not 1 <= args.duration <= 600:
-        p.error("--clients must be 1..1000 and --duration 1..600 seconds")
+        args.subscribers = min(args.subscribers, 10)
+    if not (1 <= args.clients <= 1000 and 0 <= args.subscribers <= 1000 and 1 <= args.duration <= 600):
+        p.error("--clients must be 1..1000, --subscribers 0..1000 and --duration 1..600 seconds")
+    if not 0 <= args.poll_interval <= 60:
+        p.error("--poll-interval must be 0..60 seconds")
     if not SMS.is_file():
         p.error(f"{SMS} not found (../shared/data)")
     r = run(args)
@@ -364,14 +549,35 @@ def main(argv: list[str] | None = None) -> int:
         f"requests/s={r['requests_per_second']:.0f} p50_ms={lat['p50']:.1f} p99_ms={lat['p99']:.1f} "
         f"max_ms={lat['max']:.1f} errors={r['errors']}" + (f" {r['error_kinds']}" if r["errors"] else "")
     )
+    fa = r["first_answer_latency_ms"]
+    print(
+        f"  (polling on open connections; each client's first answer, opening its connection: "
+        f"p50_ms={fa['p50']:.1f} p99_ms={fa['p99']:.1f}; all answers p99_ms={r['latency_ms_all']['p99']:.1f})"
+    )
+    print(
+        f"subscribers: {r['subscribers']} streams: messages={r['stream_messages']} "
+        f"min_per_stream={r['stream_messages_min']} errors={r['stream_errors']}"
+        + (f" {r['stream_error_kinds']}" if r["stream_errors"] else "")
+    )
+    srv = r["server_side"]
+    if srv.get("answers"):
+        print(
+            f"the API's own timing of those answers: over 100 ms {100 * srv['over_100ms']:.2f}%, over 250 ms "
+            f"{100 * srv['over_250ms']:.2f}%, p99 at most {srv['p99_at_most_ms']:g} ms"
+        )
+    lag = r["generator_lag_ms"]
+    print(f"the load generator's own event loop, late by: p50_ms={lag['p50']:.1f} p99_ms={lag['p99']:.1f}")
     print(
         f"training tokens/s: quiet_before={tps['quiet_before']:.0f} load={tps['load']:.0f} "
         f"quiet_after={tps['quiet_after']:.0f}"
     )
     print(f"ratio training tokens/s with pollers/without: {r['training_ratio_load_vs_quiet']:.2f}x")
+    for phase, used in r["cores_used"].items():
+        print(f"cores used, {phase}: " + " ".join(f"{k}={v:.2f}" for k, v in used.items()))
+    print(f"load average (1 min) at the end: {r['load_average_1min']:.2f}")
     if args.json:
         print(json.dumps(r))
-    return 1 if r["errors"] else 0
+    return 1 if r["errors"] or r["stream_errors"] else 0
 
 
 if __name__ == "__main__":

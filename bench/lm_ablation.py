@@ -4,7 +4,7 @@ Runs jobformer's loop (``core.ml.train.train``, the settings of ``bench/lm_shake
 variant of the model in ``core/ml/model.py`` rebuilt below with switches, and prints one JSON line with
 the validation loss. The variants are comma-separated flags::
 
-    python bench/lm_ablation.py gelu,std=0.02            # the model before squared ReLU and fan-in init
+    python bench/lm_ablation.py gelu,std=0.02,logitmul=1 # the model before squared ReLU and fan-in init
     python bench/lm_ablation.py relu2,fanin               # jobformer's model (same numbers as core/ml/model.py)
     python bench/lm_ablation.py relu2,std=0.08,seed=1     # fixed N(0, 0.08) for every hidden matrix, seed 1
 
@@ -12,7 +12,8 @@ Flags: ``gelu`` | ``relu2`` (MLP activation, default relu2); ``fanin`` (hidden w
 ``std=S`` (N(0, S), GPT-2 style; default 0.02); ``noresscale`` (no 1/sqrt(2 n_layers) on residual
 projections); ``nobias``; ``rms`` (RMSNorm for LayerNorm); ``zeroproj`` (residual projections start at 0);
 ``qknorm``; ``pelearn`` (a learned table added to the sinusoidal encoding); ``pemul=X``, ``embmul=X``,
-``logitmul=X`` (scale the encoding, the token embedding's input factor, the output logits); ``minlr=X``
+``logitmul=X`` (scale the encoding, the token embedding's input factor, the output logits: default
+core/ml/model.py's LOGIT_SCALE, 2; ``logitmul=1`` is the model before it); ``minlr=X``
 (cosine floor as a fraction of the peak); ``warmup=N``; ``seed=N``; ``steps=N``.
 
 Only the validation loss is meant to be read: a run takes ~1 minute on 2 cores; run one per core with
@@ -39,8 +40,9 @@ for p in (ROOT, ROOT / "bench"):
 
 import lm_shakespeare as bench  # noqa: E402
 
-import core.ml.train as loop  # noqa: E402
-from core.ml.model import SquaredReLU, sinusoidal_encoding  # noqa: E402
+import core.ml.optim as optim  # noqa: E402
+import core.ml.trainer as loop  # noqa: E402
+from core.ml.model import LOGIT_SCALE, SquaredReLU, sinusoidal_encoding  # noqa: E402
 
 
 class Variant:
@@ -139,7 +141,7 @@ def build_lm(v: Variant):
             x = self.tok_emb(idx) * self.emb_scale + pe
             for block in self.blocks:
                 x = block(x)
-            logits = F.linear(self.ln_f(x), self.tok_emb.weight) * v.get("logitmul", 1.0)
+            logits = F.linear(self.ln_f(x) * v.get("logitmul", LOGIT_SCALE), self.tok_emb.weight)
             loss = None
             if targets is not None:
                 loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     LM = build_lm(v)
     loop.build_model = lambda task, cfg, vocab_size, num_classes=0: LM(cfg, vocab_size)
     if v.get("minlr", None) is not None:
-        loop.MIN_LR_RATIO = v.get("minlr", None)
+        optim.MIN_LR_RATIO = v.get("minlr", None)
     if v.get("warmup", None) is not None:
         bench.WARMUP = int(v.get("warmup", None))
     t0 = time.perf_counter()

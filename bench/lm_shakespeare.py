@@ -45,7 +45,7 @@ N_LAYERS, N_HEADS, D_MODEL, D_FF = 4, 4, 128, 512
 CONTEXT, BATCH, LR, MIN_LR, WARMUP = 64, 12, 1e-3, 1e-4, 100
 VAL_FRACTION = 0.1
 EVAL_BATCH = 64  # windows per evaluation forward pass (jobformer uses max(64, batch_size))
-EVAL_MAX_TOKENS = 1 << 17  # jobformer's cap on validation tokens (core.ml.train.LM_EVAL_MAX_TOKENS)
+EVAL_MAX_TOKENS = 1 << 17  # jobformer's cap on validation tokens (core.ml.tasks.LM_EVAL_MAX_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,12 +238,22 @@ class ReferenceLoop:
 
 
 def run_jobformer(
-    path: Path, steps: int, seed: int, precision: str = "auto", partner: ReferenceLoop | None = None
+    path: Path,
+    steps: int,
+    seed: int,
+    precision: str = "auto",
+    partner: ReferenceLoop | None = None,
+    eval_every: int | None = None,
+    lr: float = LR,
 ) -> dict:
     """core.ml.train.train with the same settings, timed from outside through its callbacks.
 
     With ``partner``, one reference step runs inside each progress callback, timed apart: the two loops
     alternate step by step, so a change in the machine's load (other processes) hits both alike.
+    ``eval_every``: jobformer's training.eval_every (default: its own, at each epoch end and the last step);
+    ``lr``: its peak learning rate (default the reference's).
+    The result's "evals" lists each evaluation: step, val_loss, the training seconds of steps 2..step,
+    the seconds spent evaluating and checkpointing so far, and the wall seconds since ``train()`` began.
     """
     from core.ml.callbacks import Callbacks
     from core.ml.config import TrainConfig
@@ -258,6 +268,9 @@ def run_jobformer(
             self.train_s = 0.0
             self.steps_timed = 0
             self.events: list[str] = []
+            self.evals: list[dict] = []
+            self.eval_s = 0.0  # evaluations and checkpoint writes
+            self.start = time.perf_counter()
 
         def on_progress(self, progress) -> None:
             now = time.perf_counter()
@@ -268,8 +281,18 @@ def run_jobformer(
                 partner.step()
             self.last = time.perf_counter()
 
+        def on_metrics(self, points) -> None:
+            for p in points:
+                if p.split == "val" and p.name == "loss":
+                    self.evals.append({"step": p.step, "val_loss": p.value, "train_seconds": self.train_s})
+
         def on_checkpoint(self, info) -> None:
-            self.last = time.perf_counter()
+            now = time.perf_counter()
+            if self.last is not None:
+                self.eval_s += now - self.last
+            if self.evals:
+                self.evals[-1].update(eval_seconds=self.eval_s, wall_seconds=now - self.start)
+            self.last = now
 
         def on_event(self, kind, message, data=None) -> None:
             self.events.append(kind)
@@ -288,13 +311,14 @@ def run_jobformer(
         training={
             "max_steps": steps,
             "batch_size": BATCH,
-            "learning_rate": LR,
+            "learning_rate": lr,
             "warmup_steps": WARMUP,
             "weight_decay": 0.1,
             "grad_clip": 1.0,
             "val_fraction": VAL_FRACTION,
             "seed": seed,
             "precision": precision,
+            **({"eval_every": eval_every} if eval_every else {}),
         },
         device="cpu",
     )
@@ -312,6 +336,8 @@ def run_jobformer(
         # partner's steps too: only meaningful in sequential mode.
         "own_tokens_per_second": result.tokens_per_second,
         "data": result.data,
+        "evals": timer.evals,
+        "eval_seconds": timer.eval_s,
     }
 
 

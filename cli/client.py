@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
+
+from cli.stream import Message, job_stream
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -120,45 +121,70 @@ def summarize(job: dict) -> str:
     return "\n".join(lines)
 
 
-def follow(client: httpx.Client, job_id: str, interval: float = 1.0) -> dict:
-    """Poll the job until it ends, drawing a tqdm bar with the loss and writing its events; the last job."""
+def stream(client: httpx.Client, job_id: str) -> Iterator[Message]:
+    """The job's live stream until ``end`` (cli/stream.py), with the API's problems as ApiError."""
+    try:
+        yield from job_stream(client, job_id)
+    except httpx.HTTPStatusError as e:
+        raise ApiError(_describe_problem(e.response)) from None
+    except httpx.TransportError as e:
+        raise ApiError(
+            f"lost the API at {client.base_url} ({e.__class__.__name__}) and could not reconnect; "
+            f"see the job with `jobformer status {job_id}`"
+        ) from None
+
+
+def follow(client: httpx.Client, job_id: str) -> dict:
+    """Follow the job's stream until it ends, drawing a tqdm bar with the loss and writing its events
+    as they come; the last job."""
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="step", file=sys.stderr, dynamic_ncols=True, desc=job_id[:8])
-    seen_events = 0
     warned: set[str] = set()
+    job: dict = {}
     try:
-        while True:
-            job = call(client, "GET", f"/jobs/{job_id}")
-            events = call(client, "GET", f"/jobs/{job_id}/events", params={"offset": seen_events})
-            for e in events["data"]:
-                bar.write(f"{e['time'][11:19]} {e['kind']}: {e['message']}", file=sys.stderr)
-            seen_events += len(events["data"])
-            for w in job.get("warnings") or []:
-                if w not in warned:
-                    warned.add(w)
-                    bar.write(f"warning: {w}", file=sys.stderr)
-            p = job.get("progress")
-            if p:
-                if bar.total != p["total_steps"]:
-                    bar.total = p["total_steps"]
-                bar.n = p["step"]
-                postfix = {"status": job["status"]}
-                metrics = job.get("metrics") or {}
-                loss = p.get("train_loss", metrics.get("train_loss"))
-                if loss is not None:
-                    postfix["loss"] = f"{loss:.4f}"
-                if metrics.get("val_loss") is not None:
-                    postfix["val_loss"] = f"{metrics['val_loss']:.4f}"
-                bar.set_postfix(postfix, refresh=False)
-            else:
-                bar.set_postfix({"status": job["status"]}, refresh=False)
-            bar.refresh()
-            if job["status"] in TERMINAL:
-                return job
-            time.sleep(interval)
+        for m in stream(client, job_id):
+            if m.event == "event":
+                bar.write(f"{m.data['time'][11:19]} {m.data['kind']}: {m.data['message']}", file=sys.stderr)
+            elif m.event in ("snapshot", "progress", "end") and m.data:
+                job = {**job, **m.data}
+                for w in m.data.get("warnings") or []:
+                    if w not in warned:
+                        warned.add(w)
+                        bar.write(f"warning: {w}", file=sys.stderr)
+                _draw(bar, job)
+        return job
     finally:
         bar.close()
+
+
+def _draw(bar: Any, job: dict) -> None:
+    """The bar at the job's step, with its status and losses."""
+    postfix = {"status": job["status"]}
+    p = job.get("progress")
+    if p:
+        if bar.total != p["total_steps"]:
+            bar.total = p["total_steps"]
+        bar.n = p["step"]
+        metrics = job.get("metrics") or {}
+        loss = p.get("train_loss", metrics.get("train_loss"))
+        if loss is not None:
+            postfix["loss"] = f"{loss:.4f}"
+        if metrics.get("val_loss") is not None:
+            postfix["val_loss"] = f"{metrics['val_loss']:.4f}"
+    bar.set_postfix(postfix, refresh=False)
+    bar.refresh()
+
+
+def _event_line(e: dict) -> str:
+    return f"{e['time']}  {e['kind']:<12} {e['message']}"
+
+
+def _points_lines(points: list[dict]) -> list[str]:
+    return [
+        f"{p['time']}  {'metric':<12} step {p['step']} {p['split']}_{p['name']}={_fmt(p['value'])}"
+        for p in points
+    ]
 
 
 def _exit_for(job: dict) -> None:
@@ -187,7 +213,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the JS
 @click.option(
     "--follow", "-f", "follow_job", is_flag=True, help="Show a live progress bar until the job ends."
 )
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls under --follow.")
+# Kept so scripts that pass it still run: --follow reads the live stream and no longer polls.
+@click.option("--interval", default=1.0, hidden=True, help="Ignored (--follow no longer polls).")
 @url_option
 @key_option
 @json_option
@@ -218,7 +245,7 @@ def submit_command(
             click.echo(f"queued; follow it with `jobformer status {job['id']}`", err=True)
             return
         try:
-            job = follow(client, job["id"], interval=interval)
+            job = follow(client, job["id"])
         except KeyboardInterrupt:
             click.echo(f"\nstopped following; the job keeps running (jobformer cancel {job['id']})", err=True)
             sys.exit(130)
@@ -232,28 +259,69 @@ def submit_command(
 @key_option
 @json_option
 def status_command(job_id: str, url: str, api_key: str | None, as_json: bool) -> None:
-    """Show job JOB_ID: status, progress, latest metrics, best checkpoint, error."""
+    """Show job JOB_ID: status, progress, latest metrics, best checkpoint, error, and the test set's
+    evaluation report once it has one (accuracy, macro-F1, per-class table, confusion matrix)."""
     with make_client(url, api_key) as client:
         job = call(client, "GET", f"/jobs/{job_id}")
-    click.echo(json.dumps(job) if as_json else summarize(job))
+        test = job.get("test_evaluation")
+        run = call(client, "GET", test["url"]) if test and test["status"] == "succeeded" else None
+    if as_json:
+        click.echo(json.dumps({**job, "test_report": run["report"] if run else None}))
+        return
+    click.echo(summarize(job))
+    if test:
+        click.echo(f"\ntest set {job['test_dataset_id']}: evaluation {test['id']} {test['status']}")
+    if run and run.get("report"):
+        from core.ml.report import format_report  # imports torch: only when there is a report to show
+
+        click.echo(f"checkpoint {run['checkpoint']}\n" + format_report(run["report"]))
 
 
 @click.command("logs")
 @click.argument("job_id")
+@click.option(
+    "--follow",
+    "-f",
+    "follow_job",
+    is_flag=True,
+    help="Keep printing events and metric points as they come, until the job ends (exit 0 if it succeeded).",
+)
 @url_option
 @key_option
 @json_option
-def logs_command(job_id: str, url: str, api_key: str | None, as_json: bool) -> None:
-    """Print the events of job JOB_ID, in order."""
+def logs_command(job_id: str, follow_job: bool, url: str, api_key: str | None, as_json: bool) -> None:
+    """Print the events of job JOB_ID, in order; with --follow, its metric points too, live."""
     with make_client(url, api_key) as client:
+        if follow_job:
+            _follow_logs(client, job_id, as_json)
+            return
         offset = 0
         while True:
             page = call(client, "GET", f"/jobs/{job_id}/events", params={"offset": offset, "limit": 1000})
             for e in page["data"]:
-                click.echo(json.dumps(e) if as_json else f"{e['time']}  {e['kind']:<12} {e['message']}")
+                click.echo(json.dumps(e) if as_json else _event_line(e))
             offset += len(page["data"])
             if not page["data"] or offset >= page["count"]:
                 break
+
+
+def _follow_logs(client: httpx.Client, job_id: str, as_json: bool) -> None:
+    """Every event and metric point so far, then the new ones as they come; exits like submit --follow."""
+    job: dict = {}
+    try:
+        for m in stream(client, job_id):
+            if m.event == "event":
+                click.echo(json.dumps(m.data) if as_json else _event_line(m.data))
+            elif m.event == "metrics":
+                for line in (
+                    [json.dumps(p) for p in m.data["points"]] if as_json else _points_lines(m.data["points"])
+                ):
+                    click.echo(line)
+            elif m.event in ("snapshot", "end") and m.data:
+                job = m.data
+    except KeyboardInterrupt:
+        sys.exit(130)
+    _exit_for(job)
 
 
 @click.command("cancel")
@@ -279,18 +347,33 @@ def predict_remote(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int | None = None,
+    beam_size: int = 1,
+    length_penalty: float = 1.0,
     echo: bool = True,
 ) -> list[dict]:
     """Predict with job ``job_id``'s best checkpoint through the API (used by `jobformer predict JOB_ID`).
 
     Classification: one ``{"text", "label", "probabilities"}`` per text. Language modelling: each text is
-    a prompt, one ``{"prompt", "text"}`` per prompt. Printed like the local `predict` when ``echo``;
+    a prompt, one ``{"prompt", "text"}`` per prompt. Text to text: one ``{"source", "text"}`` per text
+    (``beam_size`` 1 is greedy, more is beam search with ``length_penalty``). Printed like the local `predict` when ``echo``;
     returned either way. ``url`` defaults to env JOBFORMER_URL, then http://127.0.0.1:8000.
     """
     out: list[dict] = []
     with make_client(url, api_key, timeout=600.0) as client:
         job = call(client, "GET", f"/jobs/{job_id}")
-        if job["config"].get("task") == "classification":
+        if job["config"].get("task") == "text_to_text":
+            body = {
+                "texts": list(texts),
+                "max_new_tokens": max_new_tokens,
+                "beam_size": beam_size,
+                "length_penalty": length_penalty,
+            }
+            answer = call(client, "POST", f"/jobs/{job_id}/predict", json=body)
+            for text, pred in zip(texts, answer["data"], strict=True):
+                out.append({"source": text, "text": pred["text"]})
+                if echo:
+                    click.echo(json.dumps(out[-1], ensure_ascii=False) if as_json else pred["text"])
+        elif job["config"].get("task") == "classification":
             answer = call(client, "POST", f"/jobs/{job_id}/predict", json={"texts": list(texts)})
             for text, pred in zip(texts, answer["data"], strict=True):
                 out.append({"text": text, **pred})

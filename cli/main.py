@@ -1,8 +1,10 @@
 """The `jobformer` console script. Each group of subcommands lives in its own module:
 
-    cli/train.py    train, predict        the core loop and prediction, no service needed
+    cli/train.py    train, predict        the core loop and prediction (--file: a whole file), no service needed
+    cli/evaluate.py evaluate, export      a model's report on a test file, ONNX export
     cli/service.py  up, serve, worker, migrate
     cli/client.py   submit, status, logs, cancel (and predict by job id): a client of the REST API
+    cli/sweep.py    sweep: a hyperparameter search through the REST API, its leaderboard with --follow
 
 Heavy imports (torch, spaCy, FastAPI, Celery) happen inside the commands so `jobformer --help` is instant.
 """
@@ -19,9 +21,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import client, service, train
+    from cli import client, evaluate, service, sweep, train
 
-    for module in (train, service, client):
+    for module in (train, evaluate, service, client, sweep):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -30,7 +32,18 @@ _register()
 
 
 def main() -> None:
-    cli()
+    from core.ml.distributed import exit_rank, is_rank_process
+
+    if not is_rank_process():
+        cli()
+        return
+    # A rank of `jobformer train --nproc N`: its exit code, then out at once (exit_rank says why).
+    try:
+        cli()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    exit_rank(code)
 
 
 if __name__ == "__main__":

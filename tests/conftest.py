@@ -7,9 +7,13 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from tests.integration.procs import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -122,3 +126,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------ the whole service
+@pytest.fixture
+def service_options() -> dict:
+    """Keyword arguments of ``start_service`` for the ``service`` fixture; a module (or a folder's conftest)
+    that needs API keys, calm heartbeats or more workers overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def service(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, service_options: dict
+) -> Iterator[Service]:
+    """A real `jobformer serve` and `jobformer worker` (subprocesses) on the session's PostgreSQL database,
+    emptied, and the shared Redis (tests/integration/procs.py, ``start_service``)."""
+    from tests.integration.procs import start_service
+
+    with start_service(tmp_path, pg_url, monkeypatch, **service_options) as svc:
+        yield svc

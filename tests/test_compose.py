@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,29 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 DOCKER_COMPOSE = shutil.which("docker-compose")
+KEY = "compose-test-key-0123456789"
+
+
+def _run_config(*files: Path, api_keys: str | None = KEY) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with JOBFORMER_API_KEYS set to ``api_keys`` (None: unset), and an empty
+    env file instead of a developer's .env."""
+    env = {k: v for k, v in os.environ.items() if k != "JOBFORMER_API_KEYS"}
+    if api_keys is not None:
+        env["JOBFORMER_API_KEYS"] = api_keys
+    with tempfile.TemporaryDirectory() as tmp:
+        env_file = Path(tmp) / "empty.env"
+        env_file.touch()
+        args = [DOCKER_COMPOSE, "--env-file", str(env_file)]
+        for f in files:
+            args += ["-f", str(f)]
+        return subprocess.run(
+            [*args, "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
 
 
 def _config(*files: Path) -> dict:
     """The merged, interpolated config as docker-compose resolves it."""
-    args = [DOCKER_COMPOSE]
-    for f in files:
-        args += ["-f", str(f)]
-    out = subprocess.run([*args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    out = _run_config(*files)
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
 
@@ -43,11 +59,32 @@ def test_compose_config_is_valid() -> None:
     assert services["migrate"]["command"] == ["jobformer", "migrate"]
     assert services["api"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
     assert services["worker"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
-    assert services["api"]["environment"]["JOBFORMER_API_KEYS"] == "change-me-placeholder-key"
+    for name in ("migrate", "api", "worker"):
+        assert services[name]["environment"]["JOBFORMER_API_KEYS"] == KEY
     # Checkpoints are written by workers only; the API reads them read-only.
     assert "jobs:/data/jobs:ro" in services["api"]["volumes"]
     assert "jobs:/data/jobs:rw" in services["worker"]["volumes"]
     assert "deploy" not in services["worker"]  # CPU by default: no GPU reservation
+
+
+@needs_compose
+@pytest.mark.parametrize("api_keys", [None, ""], ids=["unset", "empty"])
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, GPU)], ids=["cpu", "gpu"])
+def test_compose_refuses_to_start_without_an_api_key(files, api_keys) -> None:
+    # The API listens on 0.0.0.0: without a key compose itself refuses, saying how to make one (issue 8).
+    out = _run_config(*files, api_keys=api_keys)
+    assert out.returncode != 0
+    assert (
+        "set JOBFORMER_API_KEYS to one or more comma-separated API keys (in the environment or .env), e.g. "
+        "the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+    ) in out.stderr
+
+
+def test_no_api_key_ships_with_the_repository() -> None:
+    for path in (COMPOSE, GPU, ROOT / "Dockerfile"):
+        text = path.read_text()
+        assert "JOBFORMER_API_KEYS:-" not in text and "JOBFORMER_API_KEYS=" not in text, path
+    assert "${JOBFORMER_API_KEYS:?" in COMPOSE.read_text()
 
 
 @needs_compose

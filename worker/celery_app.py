@@ -1,54 +1,30 @@
-"""The Celery app and its production settings (DESIGN.md section 7). No eager mode anywhere.
+"""The worker's entry module: the Celery app with the task module, and the process wiring connected.
 
-- ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a message leaves Redis only when its job has
-  ended, and a worker holds no job it is not running.
-- A ``visibility_timeout`` longer than any job, so Redis does not hand a running job to a second worker;
-  if it ever does, the atomic claim in the database refuses the second run.
-- ``task_reject_on_worker_lost`` stays off: a job that kills its worker would loop forever. Attempts are
-  counted in the database instead, by the stale-job reaper.
-- ``worker_max_tasks_per_child=1``: a fresh child per job (CUDA never survives a fork; memory is returned).
-- No result backend: the database is the truth.
-
-The process-level wiring (reaper thread, SIGTERM hand-off) hangs off Celery signals in ``worker.lifecycle``.
+Only a worker process imports it (``jobformer worker``): it reads the settings once, builds the app with
+``broker.make_app`` (the production Celery settings are documented there) and connects the signal
+handlers of ``worker.lifecycle`` (reaper thread, SIGTERM hand-off). A producer (the API) imports
+``broker`` and sends the task by name; it never builds this app.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import signals
 
-from core.settings import Settings, get_settings
+from broker import make_app
+from core import logs
+from core.settings import get_settings
+from worker import lifecycle
 
-
-def make_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from ``settings`` (default: the process settings)."""
-    settings = settings or get_settings()
-    app = Celery("jobformer", include=["worker.tasks"])
-    app.conf.update(
-        broker_url=settings.broker_url,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # a Redis restart must not end the worker
-        result_backend=None,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_default_queue=settings.queue_name,
-        task_acks_late=True,
-        task_reject_on_worker_lost=False,
-        worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=1,
-        # A broker blip must not kill hours of training: the job's truth is in the database.
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_hijack_root_logger=True,
-        worker_redirect_stdouts=False,
-        enable_utc=True,
-        timezone="UTC",
-    )
-    return app
+settings = get_settings()
+app = make_app(settings, include=["worker.tasks", "worker.runs"])
+lifecycle.connect(settings)
 
 
-app = make_app()
+def _json_logging(loglevel: str | int = "INFO", **_: object) -> None:
+    logs.configure("json", loglevel)
 
-# Signal handlers (reaper, SIGTERM hand-off) register on import; the worker imports this module.
-import worker.lifecycle  # noqa: E402, F401
+
+if settings.log_format == "json":
+    # Connected, this signal replaces Celery's own logging setup: every record, the worker's and the job
+    # child's, goes out as one JSON object a line (core/logs.py, docs/design.md "Operators").
+    signals.setup_logging.connect(_json_logging, weak=False)

@@ -1,7 +1,11 @@
-"""Process wiring of a worker, hung off Celery's signals.
+"""Process wiring of a worker, hung off Celery's signals (``connect``, called by ``worker.celery_app``).
 
 Main process (never touches CUDA or torch):
-- ``worker_ready``: start the stale-job reaper thread (``worker.reaper``) and the "worker online" mark.
+- ``celeryd_after_setup``: consume the capacity queues of this worker's queue that it can serve
+  (``<queue>.p2`` .. ``<queue>.p<C>`` for C processes, ``broker.consumed_queues``; docs/design.md,
+  "Queues"), the way Celery's docs add a queue to a worker at start.
+- ``worker_ready``: start the stale-job reaper thread (``worker.reaper``) and the "worker online" mark,
+  and the webhook deliverer thread (``worker.webhooks``: it sends the outbox's pending deliveries).
 - ``worker_shutting_down`` (SIGTERM/SIGINT, Celery's warm shutdown): pass SIGTERM on to the pool children
   so a running job saves a checkpoint and hands itself back to the queue. Celery's warm shutdown then
   waits for the task to return before the process exits. A child never sees the main process's signal
@@ -24,11 +28,29 @@ import threading
 
 from celery import signals
 
+import broker
+from core.db.session import forget_inherited_engines
+from core.settings import Settings
+from worker.reaper import Reaper
+from worker.webhooks import Deliverer
+
 log = logging.getLogger(__name__)
 
 _shutdown = threading.Event()
+_settings: Settings | None = None
 _pool = None
 _reaper = None
+_deliverer = None
+
+
+def connect(settings: Settings) -> None:
+    """Hang this module's handlers off Celery's signals, for a worker process running with ``settings``."""
+    global _settings
+    _settings = settings
+    signals.celeryd_after_setup.connect(_add_capacity_queues)
+    signals.worker_process_init.connect(_child_init)
+    signals.worker_ready.connect(_main_ready)
+    signals.worker_shutting_down.connect(_main_shutting_down)
 
 
 def shutdown_requested() -> bool:
@@ -51,34 +73,43 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@signals.worker_process_init.connect
-def _child_init(**_kwargs: object) -> None:
-    from core.db import session
+def _add_capacity_queues(sender: object = None, instance: object = None, **_kwargs: object) -> None:
+    assert _settings is not None, "connect(settings) comes first"
+    capacity = broker.worker_capacity(_settings)
+    extra = broker.consumed_queues(_settings.queue_name, capacity)[1:]
+    for name in extra:
+        instance.app.amqp.queues.select_add(name)  # type: ignore[attr-defined]
+    log.info(
+        "worker %s takes jobs of up to %d processes: queues %s",
+        sender,
+        capacity,
+        ", ".join([_settings.queue_name, *extra]),
+    )
 
-    pid = os.getpid()
-    for (owner, _url), engine in list(session._engines.items()):
-        if owner != pid:
-            engine.dispose(close=False)  # the parent's connections stay the parent's
-            del session._engines[(owner, _url)]
+
+def _child_init(**_kwargs: object) -> None:
+    forget_inherited_engines()
     _shutdown.clear()
 
 
-@signals.worker_ready.connect
 def _main_ready(sender: object = None, **_kwargs: object) -> None:
-    global _pool, _reaper
-    from worker.reaper import Reaper
-
+    global _pool, _reaper, _deliverer
+    assert _settings is not None, "connect(settings) comes first"
     _pool = getattr(sender, "pool", None)
-    _reaper = Reaper(node=getattr(sender, "hostname", None) or worker_name())
+    node = getattr(sender, "hostname", None) or worker_name()
+    _reaper = Reaper(node=node, settings=_settings)
     _reaper.start()
+    _deliverer = Deliverer(node, _settings)
+    _deliverer.start()
 
 
-@signals.worker_shutting_down.connect
 def _main_shutting_down(sig: str | None = None, how: str | None = None, **_kwargs: object) -> None:
     # Runs inside the main process's signal handler: keep it to signalling and flag setting.
     _shutdown.set()
     if _reaper is not None:
         _reaper.stop()
+    if _deliverer is not None:
+        _deliverer.stop()
     for pid in _child_pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

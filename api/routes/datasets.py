@@ -1,39 +1,34 @@
-"""Datasets: upload (streamed, checked, content-addressed), list, get, delete."""
+"""Datasets: upload (streamed, checked, content-addressed), list, get, delete.
+
+Receiving, inspecting and storing the file is api/datasets_store.py; the answers are built in api/views.py.
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.datasets_store import commit_removing_file, inspect_upload, receive_upload, record_upload
+from api.deps import ID_PATTERN, Limit, Offset, OwnerDep, SessionDep, SettingsDep, get_owned_dataset
 from api.errors import ProblemError, problem_responses
 from api.schemas import DatasetPublic, DatasetsPublic
-from api.uploads import StoredUpload, move_into_store, receive_multipart
+from api.views import dataset_public
 from core.db import store
-from core.db.models import ACTIVE_STATES, Dataset, Job, utcnow
-from core.ml.data import DatasetInfo, inspect_file
-from core.settings import Settings
+from core.db.models import Dataset
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DatasetId = Annotated[
     str,
     PathParam(pattern=ID_PATTERN, description="A dataset id.", examples=["9b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"]),
 ]
-Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")]
-
-MB = 1024 * 1024
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -52,66 +47,8 @@ UPLOAD_BODY = {
 }
 
 
-def dataset_public(d: Dataset) -> DatasetPublic:
-    fmt = dict(d.format or {})
-    warnings = fmt.pop("warnings", [])
-    return DatasetPublic(
-        id=d.id,
-        filename=d.filename,
-        size_bytes=d.size_bytes,
-        sha256=d.sha256,
-        format=fmt,  # type: ignore[arg-type]
-        rows=d.rows,
-        columns=[str(c) for c in d.columns],
-        preview=[{str(k): str(v) for k, v in row.items()} for row in d.preview],
-        warnings=list(warnings),
-        created_at=d.created_at,
-    )
-
-
-def get_owned_dataset(session: Session, dataset_id: str, owner: str | None) -> Dataset | None:
-    """The dataset if it exists and belongs to ``owner`` (anyone's when auth is off)."""
-    d = session.get(Dataset, dataset_id)
-    if d is None or d.deleted_at is not None or (owner is not None and d.owner != owner):
-        return None
-    return d
-
-
 def not_found(dataset_id: str) -> ProblemError:
     return ProblemError(404, f"dataset {dataset_id} not found", code="not_found")
-
-
-def max_upload_bytes(settings: Settings) -> int:
-    return settings.max_upload_mb * MB
-
-
-def inspect_upload(upload: StoredUpload, settings: Settings) -> DatasetInfo:
-    """inspect_file on the received temp file; on DataError the temp file is dropped (nothing stored)."""
-    try:
-        return inspect_file(upload.path, max_rows=settings.max_rows)
-    except BaseException:
-        upload.discard()
-        raise
-
-
-def store_dataset(
-    session: Session, settings: Settings, upload: StoredUpload, info: DatasetInfo, owner: str | None
-) -> Dataset:
-    """Move the checked file into the content-addressed store and add its row (flushed, not committed)."""
-    rel = move_into_store(upload, settings.data_dir)
-    fmt: dict[str, Any] = {**info.format.as_dict(), "warnings": list(info.warnings)}
-    return store.create_dataset(
-        session,
-        owner=owner,
-        filename=upload.filename,
-        size_bytes=upload.size_bytes,
-        sha256=upload.sha256,
-        path=rel,
-        format=fmt,
-        rows=info.rows,
-        columns=[str(c) for c in info.columns],
-        preview=info.preview,
-    )
 
 
 @router.post(
@@ -130,24 +67,9 @@ def store_dataset(
 async def upload_dataset(
     request: Request, settings: SettingsDep, session: SessionDep, owner: OwnerDep
 ) -> DatasetPublic:
-    form = await receive_multipart(
-        request, tmp_dir=settings.data_dir / "tmp", max_bytes=max_upload_bytes(settings)
-    )
-    assert form.file is not None
-    upload = form.file
+    upload, _ = await receive_upload(request, settings)
     info = await run_in_threadpool(inspect_upload, upload, settings)
-
-    def _record() -> Dataset:
-        try:
-            d = store_dataset(session, settings, upload, info, owner)
-            session.commit()
-        except BaseException:
-            upload.discard()
-            raise
-        log.info("dataset %s stored: %s, %d rows, sha256 %s", d.id, d.filename, d.rows, d.sha256[:12])
-        return d
-
-    return dataset_public(await run_in_threadpool(_record))
+    return dataset_public(await run_in_threadpool(record_upload, session, settings, upload, info, owner))
 
 
 @router.get(
@@ -193,39 +115,22 @@ def get_dataset(dataset_id: DatasetId, session: SessionDep, owner: OwnerDep) -> 
 def delete_dataset(
     dataset_id: DatasetId, session: SessionDep, owner: OwnerDep, settings: SettingsDep
 ) -> Response:
-    d = get_owned_dataset(session, dataset_id, owner)
-    if d is None:
+    if get_owned_dataset(session, dataset_id, owner) is None:
         raise not_found(dataset_id)
-    jobs = session.execute(
-        select(Job.id, Job.status).where(Job.dataset_id == d.id).order_by(Job.created_at.desc())
-    ).all()
-    active = [j.id for j in jobs if j.status in ACTIVE_STATES]
-    if active:
+    # One transaction under the dataset's and the content's locks (core.db.store.delete_dataset): a
+    # POST /jobs on this dataset, or an upload of the same content, waits for it and then sees the result.
+    # Finished jobs keep their dataset_id (and their results, checkpoints, config): the row stays as their
+    # record, hidden from the API; the file goes with the last live row of that content.
+    try:
+        unused_file = store.delete_dataset(session, dataset_id)
+    except LookupError:
+        raise not_found(dataset_id) from None
+    except store.DatasetInUse as e:
         raise ProblemError(
             409,
-            f"dataset {d.id} is used by active job(s) {', '.join(active[:5])}; cancel them first",
+            f"dataset {dataset_id} is used by active job(s) {', '.join(e.job_ids[:5])}; cancel them first",
             code="dataset_in_use",
-        )
-    sha, rel = d.sha256, d.path
-    if jobs:
-        # Finished jobs keep their dataset_id (and their results, checkpoints, config): the row stays as
-        # their record, hidden from the API; only the file goes.
-        d.deleted_at = utcnow()
-    else:
-        session.delete(d)
-    session.commit()
-    # Content-addressed: the file is shared by every live row with the same content; remove it with the last.
-    others = (
-        session.scalar(
-            select(func.count())
-            .select_from(Dataset)
-            .where(Dataset.sha256 == sha, Dataset.deleted_at.is_(None))
-        )
-        or 0
-    )
-    if not others:
-        path = (settings.data_dir / rel).resolve()
-        if path.is_relative_to(settings.data_dir.resolve()):
-            Path(path).unlink(missing_ok=True)
+        ) from None
+    commit_removing_file(session, settings, unused_file)
     log.info("dataset %s deleted", dataset_id)
     return Response(status_code=204)

@@ -9,10 +9,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+import broker
 from api.deps import SettingsDep, get_owner
 from api.errors import problem_response, problem_responses
 from api.schemas import HealthPublic, ReadyPublic
 from core.db.session import get_engine
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,9 @@ def _database_ok(url: str) -> str:
         return f"error: {e.__class__.__name__}"
 
 
-def _broker_ok() -> str:
+def _broker_ok(settings: Settings) -> str:
     try:
-        from worker.queue import broker_ok
-
-        return "ok" if broker_ok(timeout=1.0) else "error: no answer"
+        return "ok" if broker.broker_ok(timeout=1.0, settings=settings) else "error: no answer"
     except Exception as e:
         log.warning("readiness: broker check failed: %s", e.__class__.__name__)
         return f"error: {e.__class__.__name__}"
@@ -54,7 +54,7 @@ def _broker_ok() -> str:
 async def readyz(settings: SettingsDep) -> ReadyPublic | JSONResponse:
     checks = {
         "database": await run_in_threadpool(_database_ok, settings.resolved_database_url),
-        "broker": await run_in_threadpool(_broker_ok),
+        "broker": await run_in_threadpool(_broker_ok, settings),
     }
     if all(v == "ok" for v in checks.values()):
         return ReadyPublic(status="ok", checks=checks)

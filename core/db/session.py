@@ -1,7 +1,9 @@
-"""One engine per process, re-created after fork (DESIGN.md section 8).
+"""One engine per process, re-created after fork (docs/design.md, "Storage").
 
 SQLite gets WAL and a busy timeout so the API and a worker can share the file; PostgreSQL gets
-pre-ping so a restarted server costs one failed query, not a dead pool.
+pre-ping so a restarted server costs one failed query, not a dead pool, and an idle-in-transaction
+timeout: a process frozen between two statements of a transaction (SIGSTOP, a paused VM) would otherwise
+hold its row locks for ever, and the reaper's update of that job's row would wait on them for ever.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def idle_transaction_timeout_ms() -> int:
+    """How long PostgreSQL lets a session sit idle inside a transaction before ending it: one heartbeat
+    timeout (at least 10 s), so a frozen worker's locks go before the reaper needs its job's row."""
+    return int(max(get_settings().heartbeat_timeout_seconds, 10.0) * 1000)
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -40,7 +48,13 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_transaction_timeout_ms()}"},
+    )
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -51,6 +65,16 @@ def get_engine(url: str | None = None) -> Engine:
     if engine is None:
         engine = _engines[key] = make_engine(url)
     return engine
+
+
+def forget_inherited_engines() -> None:
+    """In a forked child: drop the engines inherited from the parent without closing the parent's
+    connections (they stay the parent's); this process makes its own on first use."""
+    pid = os.getpid()
+    for key, engine in list(_engines.items()):
+        if key[0] != pid:
+            engine.dispose(close=False)
+            del _engines[key]
 
 
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:

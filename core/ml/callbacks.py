@@ -70,6 +70,12 @@ class Callbacks:
         """Polled every few steps; True stops the run cleanly after saving a checkpoint."""
         return False
 
+    def may_write(self) -> bool:
+        """Asked every step and right before a checkpoint is renamed into place. False: the run no longer
+        owns its output (a service worker lost its job's lease); the loop raises ``OwnershipLost`` at once
+        and writes nothing more, not even a checkpoint."""
+        return True
+
 
 class CallbackList(Callbacks):
     def __init__(self, *callbacks: Callbacks) -> None:
@@ -93,3 +99,6 @@ class CallbackList(Callbacks):
 
     def should_stop(self) -> bool:
         return any(c.should_stop() for c in self.callbacks)
+
+    def may_write(self) -> bool:
+        return all(c.may_write() for c in self.callbacks)

@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md section 6): one directory per save, written atomically, best and latest kept.
+"""Checkpoints (docs/design.md, "Checkpoints"): one directory per save, written atomically, best and latest kept.
 
 Layout::
 
@@ -14,6 +14,13 @@ A save writes every file into ``.tmp-<name>-<pid>`` beside the final directory, 
 directory, then renames it into place: a reader (the API, a resuming worker) sees a whole checkpoint or
 none. If the disk fills up, the temp directory is removed, CheckpointError is raised and the checkpoints
 already there are untouched.
+
+In the service every run has a lease epoch (docs/design.md, "One owner per job"), part of its checkpoint
+names (``step-00000100-e3``): two runs of one job, even an old owner that woke up after a takeover, never
+write the same directory, and a run prunes only checkpoints of its own epoch or older ones, never a newer
+owner's. ``may_commit`` is asked right before the rename and again before pruning: a run that lost its lease
+before the rename leaves nothing behind; one that lost it after the rename leaves the renamed directory (the
+next owner may have adopted it) and prunes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +42,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from core.ml.callbacks import CheckpointInfo
-from core.ml.errors import CheckpointError
-from core.ml.model import ARCHITECTURE
+from core.ml.config import TrainConfig
+from core.ml.errors import CheckpointError, OwnershipLost
+from core.ml.model import ARCHITECTURE, build_model
+from core.ml.tokenize import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +58,18 @@ STATE_FILE = "trainer_state.pt"
 _TMP_PREFIX = ".tmp-"
 
 
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
+_EPOCH_TAG = re.compile(r"-e(\d+)(?:-\d+)?$")  # "step-00000100-e3", and its temp dir ".tmp-step-...-e3-<pid>"
+
+
+def checkpoint_name(step: int, lease_epoch: int | None = None) -> str:
+    """``step-00000100``; ``step-00000100-e3`` for a service run under lease epoch 3."""
+    return f"step-{step:08d}" + (f"-e{lease_epoch}" if lease_epoch is not None else "")
+
+
+def lease_epoch_of(name: str) -> int:
+    """The lease epoch a checkpoint (or temp) directory name carries; 0 when it has none."""
+    m = _EPOCH_TAG.search(name)
+    return int(m.group(1)) if m else 0
 
 
 def checkpoints_root(out_dir: str | Path) -> Path:
@@ -86,14 +108,18 @@ def save_checkpoint(
     metrics: dict[str, float],
     is_best: bool,
     best_name: str | None,
+    lease_epoch: int | None = None,
+    may_commit: Callable[[], bool] | None = None,
 ) -> CheckpointInfo:
     """Write checkpoint ``step-<step>`` atomically, then prune all but it and ``best_name``.
 
     ``best_name`` is the best checkpoint after this save (this one's name when ``is_best``).
+    ``lease_epoch`` scopes the name and the pruning; ``may_commit()`` False right before the rename
+    removes the temp directory and raises OwnershipLost.
     Raises CheckpointError (code "checkpoint_write_failed") on any OSError; nothing is left half-written.
     """
     root = checkpoints_root(out_dir)
-    name = checkpoint_name(step)
+    name = checkpoint_name(step, lease_epoch)
     final = root / name
     tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
     full_meta = {**meta, "step": step, "epoch": epoch, "metrics": metrics, "is_best": is_best, "name": name}
@@ -114,6 +140,9 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
+        if may_commit is not None and not may_commit():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OwnershipLost(f"not saving checkpoint {name}: this run no longer owns {out_dir}")
         if final.exists():  # the same step saved by an earlier, interrupted run: replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -125,7 +154,13 @@ def save_checkpoint(
             f"(or check permissions) and resume: the previous checkpoints are intact"
         ) from e
     size = sum(p.stat().st_size for p in final.iterdir())
-    pruned = prune_checkpoints(out_dir, keep={name, best_name or name})
+    if may_commit is not None and not may_commit():
+        # Paused between the rename and here, and the job taken over meanwhile: the new owner may have
+        # resumed from one of this run's checkpoints, this one included (a claim adopts the previous
+        # epoch's newest checkpoint on disk and records it), so touch nothing: prune nothing, and leave
+        # what was renamed. Not adopted, it is a stray of an old epoch, which the new owner's next save prunes.
+        raise OwnershipLost(f"not keeping checkpoint {name}: this run no longer owns {out_dir}")
+    pruned = prune_checkpoints(out_dir, keep={name, best_name or name}, lease_epoch=lease_epoch)
     return CheckpointInfo(
         name=name,
         path=str(final.resolve()),
@@ -138,12 +173,15 @@ def save_checkpoint(
     )
 
 
-def prune_checkpoints(out_dir: str | Path, keep: set[str]) -> list[str]:
-    """Delete checkpoint directories not in ``keep`` (and stale temp dirs). Returns the deleted names."""
+def prune_checkpoints(out_dir: str | Path, keep: set[str], lease_epoch: int | None = None) -> list[str]:
+    """Delete checkpoint directories not in ``keep`` (and stale temp dirs). Returns the deleted names.
+    With ``lease_epoch``, directories of a newer epoch (another owner's) are never touched."""
     root = checkpoints_root(out_dir)
     pruned = []
     for p in sorted(root.iterdir()):
         if not p.is_dir():
+            continue
+        if lease_epoch is not None and lease_epoch_of(p.name) > lease_epoch:
             continue
         if p.name.startswith(_TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)  # left by a crash mid-save
@@ -171,7 +209,7 @@ def list_checkpoints(out_dir: str | Path) -> list[dict]:
         meta["path"] = str(p.resolve())
         meta["size_bytes"] = sum(f.stat().st_size for f in p.iterdir() if f.is_file())
         out.append(meta)
-    return sorted(out, key=lambda m: m["step"])
+    return sorted(out, key=lambda m: (m["step"], lease_epoch_of(m["name"])))
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -209,6 +247,42 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_json(path: str | Path, filename: str) -> Any:
     return json.loads((Path(path) / filename).read_text(encoding="utf-8"))
+
+
+@dataclass
+class SavedRun:
+    """A checkpoint directory, read and checked: what a run resumes from and what prediction loads."""
+
+    path: Path
+    config: dict  # config.json as saved: a resume compares it field by field with the new config
+    meta: dict  # meta.json
+    vocab: Vocab
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.get("labels") or [])
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.model_validate(self.config)
+
+    def model(self, config: TrainConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The model ``config`` describes, with this checkpoint's weights, on ``device``."""
+        model = build_model(config.task, config.model, len(self.vocab), len(self.labels))
+        model.load_state_dict(load_weights(self.path))
+        return model.to(device)
+
+
+def load_checkpoint(path: str | Path) -> SavedRun:
+    """Read checkpoint directory ``path`` (JSON files only; the weights when ``SavedRun.model`` asks).
+    Raises CheckpointError ``incompatible_checkpoint`` for weights of another model architecture."""
+    path = Path(path)
+    meta = load_json(path, META_FILE)
+    check_architecture(meta, path)
+    config = load_json(path, CONFIG_FILE)
+    model = config.get("model")
+    if isinstance(model, dict) and "ngrams" not in model:  # saved before the n-gram bag existed: none
+        model["ngrams"] = 0
+    return SavedRun(path, config, meta, Vocab.from_dict(load_json(path, VOCAB_FILE)))
 
 
 def load_trainer_state(path: str | Path) -> dict:

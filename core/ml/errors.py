@@ -12,6 +12,7 @@ The API maps these to problem+json (4xx); the worker maps them to a failed job w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,16 @@ class Problem:
 
     def as_dict(self) -> dict[str, Any]:
         return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
+
+
+def format_problems(problems: Sequence[Problem], limit: int | None = None) -> str:
+    """Problems as one line: ``config.text_column: column 'x' not found; model.d_model: ...``. With
+    ``limit``, the first ``limit`` of them and "(and N more)"."""
+    shown = problems if limit is None else problems[:limit]
+    line = "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in shown)
+    return line + (
+        f" (and {len(problems) - limit} more)" if limit is not None and len(problems) > limit else ""
+    )
 
 
 @dataclass
@@ -60,3 +71,9 @@ class DivergedError(JobformerError):
 @dataclass
 class CheckpointError(JobformerError):
     code: str = "checkpoint_write_failed"
+
+
+class OwnershipLost(Exception):  # noqa: N818 - a signal to stop, not a failure of the run
+    """The run must stop at once and write nothing more: a service worker lost its job's lease, and another
+    worker may own the job (and its output directory) now. Not a ``JobformerError``: the job does not fail,
+    it simply is not this run's any more. ``jobformer train`` never raises it."""

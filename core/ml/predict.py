@@ -1,4 +1,5 @@
-"""Use a trained checkpoint: classify texts, or generate text from a prompt.
+"""Use a trained checkpoint: classify texts, generate text from a prompt, or turn texts into texts
+(``text_to_text``: greedy or beam search, core/ml/decode.py).
 
 ``Predictor.load`` reads only safetensors weights and JSON files (trainer_state.pt is not needed), so a
 checkpoint downloaded from anywhere cannot run code when it is loaded.
@@ -13,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from core.ml import checkpoint as ckpt
+from core.ml import seq2seq
 from core.ml.config import TrainConfig
+from core.ml.decode import beam_search, greedy_decode
 from core.ml.errors import ConfigError, Problem
-from core.ml.model import build_model
+from core.ml.tasks import encode_rows, pad_rows
 from core.ml.tokenize import Vocab, build_tokenizer
 
 PREDICT_BATCH = 64
@@ -32,7 +35,7 @@ class Predictor:
         self.model = model
         self.device = torch.device(device)
         self.path = path
-        self.tokenizer = build_tokenizer(config.tokenizer)
+        self.tokenizer = build_tokenizer(config.tokenizer, vocab)  # a BPE model travels in the vocabulary
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -45,15 +48,13 @@ class Predictor:
                     f"{path} is neither a checkpoint directory nor a run with checkpoints"
                 )
             path = best
-        meta = ckpt.load_json(path, ckpt.META_FILE)
-        ckpt.check_architecture(meta, path)
-        config = TrainConfig.model_validate(ckpt.load_json(path, ckpt.CONFIG_FILE))
-        vocab = Vocab.from_dict(ckpt.load_json(path, ckpt.VOCAB_FILE))
-        labels = list(meta.get("labels") or [])
-        model = build_model(config.task, config.model, len(vocab), len(labels))
-        model.load_state_dict(ckpt.load_weights(path))
-        model.to(device).eval()
-        return cls(config, vocab, labels, model, device, path)
+        saved = ckpt.load_checkpoint(path)  # the loading path a resumed training run takes too
+        config = saved.train_config()
+        if config.task == "text_to_text":  # two vocabularies: the source's, and the target's beside it
+            model, vocab = seq2seq.load_model(saved, device)
+            return cls(config, vocab, [], model.eval(), device, saved.path)
+        model = saved.model(config, device).eval()
+        return cls(config, saved.vocab, saved.labels, model, device, saved.path)
 
     def _require(self, task: str, method: str) -> None:
         if self.task != task:
@@ -66,17 +67,11 @@ class Predictor:
     def classify(self, texts: Sequence[str]) -> list[dict]:
         """``[{"label": str, "probabilities": {label: p}}]``, one per text, in order."""
         self._require("classification", "classify")
-        max_len = self.config.model.max_length
-        rows = [
-            [self.vocab.cls_id, *self.vocab.encode(t[: max_len - 1])]
-            for t in self.tokenizer.tokenize(list(texts))
-        ]
+        # Encoded and padded as training encodes them (core.ml.tasks).
+        rows = encode_rows(self.vocab, self.tokenizer.tokenize(list(texts)), self.config.model.max_length)
         out: list[dict] = []
         for i in range(0, len(rows), PREDICT_BATCH):
-            chunk = rows[i : i + PREDICT_BATCH]
-            x = torch.zeros(len(chunk), max(len(r) for r in chunk), dtype=torch.long)
-            for j, r in enumerate(chunk):
-                x[j, : len(r)] = torch.tensor(r)
+            x, _ = pad_rows(rows[i : i + PREDICT_BATCH])  # (b, L)
             logits, _ = self.model(x.to(self.device))
             probs = F.softmax(logits.float(), dim=-1).cpu().tolist()
             for p in probs:
@@ -84,6 +79,24 @@ class Predictor:
                 out.append(
                     {"label": self.labels[best], "probabilities": dict(zip(self.labels, p, strict=True))}
                 )
+        return out
+
+    @torch.inference_mode()
+    def probabilities(
+        self, token_lists: Sequence[Sequence[str]], batch_size: int = PREDICT_BATCH
+    ) -> torch.Tensor:
+        """Class probabilities (N, K) of already tokenized texts, in their order. The rows are batched by
+        length (little padding; padding is masked, so the numbers are those of one row at a time):
+        the batch path of evaluations and batch predictions (core/ml/batch.py)."""
+        self._require("classification", "probabilities")
+        rows = encode_rows(self.vocab, token_lists, self.config.model.max_length)
+        out = torch.empty(len(rows), len(self.labels))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x, _ = pad_rows([rows[j] for j in idx])  # (b, L)
+            logits, _ = self.model(x.to(self.device))
+            out[idx] = F.softmax(logits.float(), dim=-1).cpu()
         return out
 
     @torch.inference_mode()
@@ -121,3 +134,45 @@ class Predictor:
         if new and new[-1] == self.vocab.eos_id:
             new = new[:-1]
         return self.tokenizer.detokenize(self.vocab.decode(new))
+
+    @torch.inference_mode()
+    def text_to_text(
+        self,
+        texts: Sequence[str],
+        *,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+        max_new_tokens: int | None = None,
+        use_cache: bool = True,
+    ) -> list[str]:
+        """The output text of each input text, in order: greedy with ``beam_size`` 1, else beam search.
+
+        ``max_new_tokens`` (default and at most: model.max_length) bounds each output. Inputs are batched
+        by length; padding is masked, so each output is the one the text would get alone.
+        """
+        self._require("text_to_text", "text_to_text")
+        if beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        T = self.config.model.max_length
+        limit = T if max_new_tokens is None else min(max_new_tokens, T)
+        assert isinstance(self.vocab, seq2seq.PairVocab)
+        source_tokenizer, target_tokenizer = seq2seq.tokenizers(self.config)
+        rows = seq2seq.encode_sources(self.vocab, source_tokenizer.tokenize(list(texts)), T)
+        rows = [r or [self.vocab.unk_id] for r in rows]  # an empty text: one unknown token, not no key
+        tv = self.vocab.target
+        out: list[str] = [""] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for i in range(0, len(order), PREDICT_BATCH):
+            idx = order[i : i + PREDICT_BATCH]
+            src, _ = pad_rows([rows[j] for j in idx])  # (b, S)
+            src = src.to(self.device)
+            common = dict(bos_id=tv.cls_id, eos_id=tv.eos_id, max_new_tokens=limit, use_cache=use_cache)
+            if beam_size == 1:
+                ids = greedy_decode(self.model, src, **common)
+            else:
+                ids = beam_search(
+                    self.model, src, beam_size=beam_size, length_penalty=length_penalty, **common
+                )
+            for j, r in zip(idx, ids, strict=True):
+                out[j] = target_tokenizer.detokenize(tv.decode(r))
+        return out

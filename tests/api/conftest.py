@@ -37,7 +37,8 @@ def make_settings(
 ) -> Iterator[Callable[..., Settings]]:
     """Build Settings for this test's database, data dir and Redis queue (``**overrides`` as env values).
 
-    worker.queue reads the process settings (get_settings), so they are set through the environment.
+    The broker functions default to the process settings (get_settings), so they are set through the
+    environment too.
     """
     queue = f"test-api-{uuid.uuid4().hex[:10]}"
 

@@ -120,6 +120,16 @@ FIT_CASES = [
         "only one distinct label ('ham')",
     ),
     (
+        # issue 8: every label seen once trained into an internal_error in the worker
+        "id_column_as_label",
+        b"id,text\n" + b"".join(b"%d,message number %d here\n" % (i, i) for i in range(40)),
+        {"task": "classification", "label_column": "id"},
+        [["config", "label_column"]],
+        "every value of column 'id' is unique (40 distinct values, each in one row), so it looks like an id "
+        "column: a class needs at least 2 rows, one to train on and one to validate; set label_column to the "
+        "column that holds the classes",
+    ),
+    (
         "too_few_rows",
         b"label,text\nham,hi there friend\n",
         {"task": "classification"},
@@ -174,7 +184,7 @@ CONFIG_CASES: list[tuple[str, object, list, str]] = [
         "unknown_task",
         {"task": "translation"},
         [["config", "task"]],
-        "'classification' or 'language_modeling'",
+        "'classification', 'language_modeling' or 'text_to_text'",
     ),
     (
         "wrong_types",
@@ -201,6 +211,13 @@ CONFIG_CASES: list[tuple[str, object, list, str]] = [
         "less than",
     ),
     (
+        # issue 8: a dotted code made spaCy import a submodule of spacy.lang and answered 500
+        "dotted_language_code",
+        {"task": "classification", "tokenizer": {"language": "ja.tag_map"}},
+        [["config", "tokenizer", "language"]],
+        "unknown spaCy language 'ja.tag_map'; use a code such as 'en'",
+    ),
+    (
         "heads_do_not_divide",
         {"task": "classification", "model": {"d_model": 100, "n_heads": 3}},
         [["config", "model"]],
@@ -223,11 +240,27 @@ def test_bad_configs_are_refused_naming_the_field(client, settings, earlier, con
 def test_a_model_too_large_is_refused_with_its_estimate(client, settings, earlier):
     config = {"task": "classification", "model": HUGE_MODEL}
     r = client.post("/jobs", json={"dataset_id": earlier["id"], "config": config})
-    estimate = ModelConfig(**HUGE_MODEL).estimate_parameters(30000)
+    estimate = ModelConfig(**HUGE_MODEL).estimate_parameters(30000, num_classes=2)
     body = assert_problem(r, 422, f"about {estimate:,} parameters", "at most 500,000,000")
     assert body["code"] == "model_too_large"
     assert body["errors"][0]["loc"] == ["config", "model"]
     assert client.get("/jobs").json()["count"] == 0
+
+
+def test_a_classifier_whose_ngram_table_is_too_large_is_refused_naming_it(client, settings, earlier):
+    # A small Transformer, but 2**24 rows of 1024 numbers (17 billion) in the n-gram table.
+    model = {"d_model": 1024, "n_heads": 8, "n_layers": 1, "ngram_buckets": 1 << 24}
+    r = client.post(
+        "/jobs", json={"dataset_id": earlier["id"], "config": {"task": "classification", "model": model}}
+    )
+    body = assert_problem(r, 422, "model.ngram_buckets=16777216", "at most 500,000,000")
+    assert body["code"] == "model_too_large"
+    # The same table with the bag turned off is a model this server takes.
+    model["ngrams"] = 0
+    r = client.post(
+        "/jobs", json={"dataset_id": earlier["id"], "config": {"task": "classification", "model": model}}
+    )
+    assert r.status_code == 202, r.text
 
 
 def test_config_that_is_not_json_in_the_multipart_form(client, settings, earlier):

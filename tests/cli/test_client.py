@@ -6,32 +6,20 @@ No worker runs: a thread plays the worker through core.db.store, so `submit --fo
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
-import uvicorn
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from api.main import create_app
 from cli.client import predict_remote
 from cli.main import cli
 from core.db import store
 from core.db.models import Job
 from core.db.session import session_scope
 from core.ml.callbacks import MetricPoint
-from core.settings import get_settings
 
-TEST_BROKER_URL = "redis://127.0.0.1:6379/15"
-CSV = "label,text\n" + "".join(
-    f"{'spam' if i % 3 == 0 else 'ham'},{'win a prize' if i % 3 == 0 else 'see you'} {i}\n" for i in range(40)
-)
 CONFIG = {"task": "classification", "model": {"d_model": 16, "n_heads": 2, "dim_feedforward": 32}}
 
 
@@ -41,45 +29,8 @@ def db_url(sqlite_url: str) -> str:  # the client does not depend on the backend
 
 
 @pytest.fixture
-def server(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    queue = f"test-cli-{uuid.uuid4().hex[:10]}"
-    env = {
-        "JOBFORMER_DATA_DIR": str(tmp_path / "data"),
-        "JOBFORMER_DATABASE_URL": db_url,
-        "JOBFORMER_BROKER_URL": TEST_BROKER_URL,
-        "JOBFORMER_QUEUE_NAME": queue,
-        "JOBFORMER_API_KEYS": "cli-test-key",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("JOBFORMER_API_KEY", raising=False)
-    monkeypatch.delenv("JOBFORMER_URL", raising=False)
-    get_settings.cache_clear()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(get_settings()), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    get_settings.cache_clear()
-    r = redis.Redis.from_url(TEST_BROKER_URL)
-    r.delete(queue)
-    r.close()
-
-
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    p = tmp_path / "spam.csv"
-    p.write_text(CSV)
-    return p
+def api_keys() -> str:
+    return "cli-test-key"
 
 
 def run(*args: str, key: str | None = "cli-test-key") -> object:
@@ -216,3 +167,46 @@ def test_predict_remote_without_a_checkpoint_says_so(server, data_file):
     # ... and with --url / --api-key given as flags
     r = CliRunner().invoke(cli, ["predict", job_id, "hello", "--url", server, "--api-key", "cli-test-key"])
     assert r.exit_code == 2 and "has no checkpoint yet" in r.stderr
+
+
+def test_logs_follow_prints_events_and_points_as_they_come(server, data_file):
+    r = run("submit", str(data_file), "--config", json.dumps(CONFIG), "--url", server)
+    job_id = r.stdout.strip()
+    holder: dict = {}
+    stop = threading.Event()
+    worker = threading.Thread(target=_play_worker, args=(holder, stop), daemon=True)
+    worker.start()
+    try:
+        r = run("logs", job_id, "--follow", "--url", server)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert r.exit_code == 0, r.output  # it succeeded
+    lines = [line.split("  ", 1)[1] for line in r.stdout.splitlines()]  # without the times
+    kinds = [line.split()[0] for line in lines]
+    assert kinds[0] == "queued" and kinds[-1] == "succeeded"
+    metric_lines = [line for line in lines if line.startswith("metric")]
+    assert [" ".join(m.split()[1:]) for m in metric_lines] == [
+        "step 5 train_loss=0.2",
+        "step 10 train_loss=0.1",
+        "step 10 val_loss=0.25",
+    ]
+
+    # An ended job: everything, at once; --json prints the rows; a failed job exits 1.
+    r = run("logs", job_id, "-f", "--json", "--url", server)
+    assert r.exit_code == 0
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [p["value"] for p in rows if "value" in p] == [0.2, 0.1, 0.25]
+    assert [e["kind"] for e in rows if "kind" in e] == ["queued", "started", "succeeded"]
+    r = run("logs", "0" * 32, "--follow", "--url", server)
+    assert r.exit_code == 2 and f"HTTP 404: job {'0' * 32} not found" in r.stderr
+
+
+def test_logs_follow_exits_1_when_the_job_fails(server, data_file):
+    job_id = run("submit", str(data_file), "--config", json.dumps(CONFIG), "--url", server).stdout.strip()
+    with session_scope() as s:
+        store.claim_job(s, job_id, "fake:1")
+        store.finish_job(s, job_id, "failed", error_code="diverged", error_message="loss is NaN")
+    r = run("logs", job_id, "--follow", "--url", server)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[-1].split("  ", 1)[1].startswith("failed")

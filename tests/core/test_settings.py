@@ -22,3 +22,13 @@ def test_production_refuses_placeholder_or_missing_keys(keys):
 
 def test_production_accepts_real_keys():
     assert Settings(environment="production", api_keys=["Zq3v9T1kLr8pWm2xYc7nBh4d"]).api_keys
+
+
+def test_lease_must_fit_between_heartbeat_and_timeout() -> None:
+    assert Settings(heartbeat_seconds=5, heartbeat_timeout_seconds=60).lease_bound_seconds == 32.5
+    assert (
+        Settings(heartbeat_seconds=1, heartbeat_timeout_seconds=10, lease_seconds=4).lease_bound_seconds == 4
+    )
+    for lease in (0.5, 10, 12):  # not above the heartbeat, or not below the reaper's timeout
+        with pytest.raises(ValueError, match="JOBFORMER_LEASE_SECONDS"):
+            Settings(heartbeat_seconds=1, heartbeat_timeout_seconds=10, lease_seconds=lease)

@@ -24,6 +24,9 @@ from core.db import store
 from core.db.session import session_scope
 
 REDIS_URL = os.environ.get("JOBFORMER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Heartbeats for a test whose jobs must never be taken for lost (``start_service(heartbeats=...)``): a
+# heartbeat a second, the reaper's timeout a minute, as a busy machine may stall a worker for seconds.
+CALM_HEARTBEATS = (1.0, 60.0)
 
 # A tiny, fast classification config: a few seconds of CPU per few hundred steps.
 TINY_CONFIG: dict[str, Any] = {
@@ -38,6 +41,9 @@ TINY_CONFIG: dict[str, Any] = {
         "dim_feedforward": 64,
         "dropout": 0.0,
         "max_length": 32,
+        # The n-gram bag stays on (the default path), with a table sized for a tiny model: small
+        # checkpoints, and the disk-full test's filesystem still fits the first ones.
+        "ngram_buckets": 4096,
     },
     "training": {
         "max_steps": 300,
@@ -71,29 +77,38 @@ def service_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, st
 
 
 @contextlib.contextmanager
-def service_environment(tmp_path: Path, database_url: str, monkeypatch: Any) -> Iterator[dict[str, str]]:
-    """``service_env`` set in os.environ (worker subprocesses inherit it) and the data dir made; afterwards
-    the test's queue and worker registrations are removed from Redis through a fresh connection (a test
-    may have restarted Redis under a cached client)."""
+def service_environment(
+    tmp_path: Path, database_url: str, monkeypatch: Any, **extra: str
+) -> Iterator[dict[str, str]]:
+    """``service_env`` (with ``extra``) set in os.environ (worker subprocesses inherit it) and the data dir
+    made; afterwards the test's queue, its Celery bindings and its worker registrations are removed from
+    Redis through a fresh connection (a test may have restarted Redis under a cached client)."""
     import redis
 
     from core.settings import get_settings
-    from worker import queue
 
-    values = service_env(tmp_path, database_url)
+    values = service_env(tmp_path, database_url, **extra)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     (tmp_path / "data").mkdir()
     yield values
+    name = values["JOBFORMER_QUEUE_NAME"]
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.delete(values["JOBFORMER_QUEUE_NAME"])
-        for key in client.scan_iter(match=f"{queue.WORKER_KEY_PREFIX}:{values['JOBFORMER_QUEUE_NAME']}:*"):
-            client.delete(key)
+        client.delete(name, *client.scan_iter(match=f"*{name}*"))  # worker marks, _kombu.binding.<queue>
     finally:
         client.close()
     get_settings.cache_clear()
+
+
+def empty_database(url: str) -> None:
+    """Empty every table of the PostgreSQL database at ``url`` (the test session's): a worker's reaper looks
+    at every job in it, so a test's workers must not find another test's jobs."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE metric_points, events, checkpoints, jobs, datasets RESTART IDENTITY CASCADE")
 
 
 def make_dataset(data_dir: Path, rows: int = 2000) -> dict[str, Any]:
@@ -183,11 +198,13 @@ class Proc:
         self._log.close()
 
 
-def start_worker(tmp_path: Path, name: str = "worker", env: dict[str, str] | None = None) -> Proc:
+def start_worker(
+    tmp_path: Path, name: str = "worker", env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Proc:
     """A real `jobformer worker` (prefork, one child per job) with the test's environment (``os.environ``
-    unless ``env`` is given)."""
+    unless ``env`` is given) and more command-line ``args`` (``("--concurrency", "2")``)."""
     log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    return Proc([sys.executable, "-m", "cli.main", "worker", "--loglevel", "info"], log, env=env)
+    return Proc([sys.executable, "-m", "cli.main", "worker", "--loglevel", "info", *args], log, env=env)
 
 
 def start_api(tmp_path: Path, port: int, env: dict[str, str] | None = None) -> Proc:
@@ -202,6 +219,110 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Service:
+    """A real `jobformer serve` on a port of its own and the real `jobformer worker`s started so far, all with
+    one test's environment ``env``. The API may be killed and started again on the same port; ``stop()``
+    closes every client and stops every process started (``procs``, in order)."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], api_keys: tuple[str, ...] = ()) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.api_keys = api_keys
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[Proc] = []
+        self.api: Proc | None = None
+        self.workers: list[Proc] = []
+        self._clients: list[Any] = []
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["JOBFORMER_DATA_DIR"])
+
+    def start_api(self, wait: bool = True) -> Proc:
+        """`jobformer serve`; with ``wait``, return once it answers ``/healthz``."""
+        self.api = start_api(self.tmp_path, self.port, env=self.env)
+        self.procs.append(self.api)
+        if wait:
+            self.wait_until_up()
+        return self.api
+
+    def start_worker(self, name: str = "worker", args: tuple[str, ...] = ()) -> Proc:
+        worker = start_worker(self.tmp_path, name, env=self.env, args=args)
+        self.procs.append(worker)
+        self.workers.append(worker)
+        return worker
+
+    def wait_until_up(self, timeout: float = 60) -> None:
+        wait_for(self.answers, "the API to answer", timeout, tuple(self.procs))
+
+    def answers(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def client(self, key: str | None = None) -> Any:
+        """An ``httpx.Client`` on the API with ``key`` (default: the first API key; ``""``: none)."""
+        import httpx
+
+        key = self.api_keys[0] if key is None and self.api_keys else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        self._clients.append(client)
+        return client
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM to every process at once (they shut down side by side), then ``Proc.stop`` each."""
+        for client in self._clients:
+            client.close()
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            proc.stop(0)  # reaps it; SIGKILL to its group if it is still there
+
+
+@contextlib.contextmanager
+def start_service(
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: Any,
+    *,
+    workers: int = 1,
+    api_keys: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (),
+    heartbeats: tuple[float, float] = (0.5, 6),
+    env: dict[str, str] | None = None,
+) -> Iterator[Service]:
+    """The whole service for one test: `jobformer serve` (answering ``/healthz`` when this yields) and
+    ``workers`` `jobformer worker`s (with ``worker_args``) on the emptied database ``database_url``, the shared Redis with a queue
+    of the test's own and a data dir in ``tmp_path`` (``service_environment``: set in the test's os.environ
+    too); every process stopped afterwards. ``heartbeats``: (seconds, timeout), short by default so that a
+    worker's reaper acts within seconds; ``env``: more variables for the test and every process."""
+    empty_database(database_url)
+    extra = {
+        "JOBFORMER_API_KEYS": ",".join(api_keys),
+        "JOBFORMER_HEARTBEAT_SECONDS": f"{heartbeats[0]:g}",
+        "JOBFORMER_HEARTBEAT_TIMEOUT_SECONDS": f"{heartbeats[1]:g}",
+        **(env or {}),
+    }
+    with service_environment(tmp_path, database_url, monkeypatch, **extra):
+        service = Service(tmp_path, dict(os.environ), api_keys)
+        try:
+            service.start_api(wait=False)  # the API and the workers start side by side
+            for i in range(workers):
+                service.start_worker(f"worker-{i + 1}", worker_args)
+            service.wait_until_up()
+            yield service
+        finally:
+            service.stop()
 
 
 class RedisServer:

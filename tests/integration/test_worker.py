@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+import broker as queue
 from core.db import store
 from core.db.models import Event
 from core.db.session import session_scope
 from core.ml.checkpoint import list_checkpoints
 from tests.integration.procs import (
     create_job,
+    empty_database,
     job_checkpoints,
     job_curves,
     job_row,
@@ -28,7 +30,6 @@ from tests.integration.procs import (
     tiny_config,
     wait_for,
 )
-from worker import queue
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +49,7 @@ def env(
 @pytest.fixture
 def db_url_pg(pg_url: str) -> str:
     """The session's PostgreSQL database, emptied: a worker's reaper looks at every job in it."""
-    import psycopg
-
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE metric_points, events, checkpoints, jobs, datasets RESTART IDENTITY CASCADE")
+    empty_database(pg_url)
     return pg_url
 
 
@@ -225,3 +223,34 @@ def test_lost_message_is_resent_and_workers_online(env: dict[str, str], tmp_path
         worker.stop()
     queue._workers_cache.clear()
     assert queue.workers_online() == 0  # a clean stop removes the mark
+
+
+def test_job_time_limit_covers_every_attempt_and_fails_the_job(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JOBFORMER_JOB_TIME_LIMIT_SECONDS counts from the job's first start, across attempts: a job whose
+    worker is lost resumes with what is left of it, and when it is spent the job ends ``failed`` with code
+    ``time_limit``, its checkpoints kept. Would catch: a limit that restarts with each attempt (the resumed
+    run trains for the whole limit again and the job ends ``succeeded``)."""
+    monkeypatch.setenv("JOBFORMER_JOB_TIME_LIMIT_SECONDS", "12")  # the workers inherit it
+    data_dir = Path(env["JOBFORMER_DATA_DIR"])
+    job_id = create_job(data_dir, tiny_config(max_steps=1_000_000, eval_every=20))
+    first = start_worker(tmp_path, "first")
+    second = None
+    try:
+        queue.enqueue_job(job_id)
+        wait_for(lambda: job_checkpoints(job_id), "a checkpoint", procs=(first,))
+        first.signal(signal.SIGKILL, group=True)
+        first.wait(30)
+        second = start_worker(tmp_path, "second")  # resumes it once the heartbeat is stale (6 s)
+        wait_for(lambda: _status(job_id) in {"succeeded", "failed"}, "the job to end", procs=(second,))
+        job = job_row(job_id)
+        assert (job.status, job.error_code, job.attempts) == ("failed", "time_limit", 2), job.error_message
+        assert "JOBFORMER_JOB_TIME_LIMIT_SECONDS=12" in job.error_message
+        assert "resumed" in [k for k, _ in _events(job_id)]
+        rows = job_checkpoints(job_id)
+        assert rows and all((data_dir / rel / "model.safetensors").is_file() for _, _, _, rel in rows)
+    finally:
+        first.stop(5)
+        if second is not None:
+            second.stop()

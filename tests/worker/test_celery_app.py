@@ -1,12 +1,13 @@
-"""The Celery settings DESIGN.md section 7 asks for, and what the worker's parent process may import."""
+"""The Celery settings docs/design.md, "Workers and the broker" asks for, what the worker's parent process
+may import, and what the producer side (the API) may not: the worker, or the worker's signal handlers."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from broker import make_app
 from core.settings import Settings
-from worker.celery_app import make_app
 
 
 def test_production_celery_settings() -> None:
@@ -27,14 +28,43 @@ def test_production_celery_settings() -> None:
     assert conf.task_always_eager is False  # never eager
 
 
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_worker_parent_never_imports_torch() -> None:
     # CUDA does not survive a fork: the worker's main process must not load torch or the training code.
-    code = (
+    run = _run(
         "import sys, worker.celery_app, worker.tasks, worker.reaper, cli.service;"
         "bad = [m for m in ('torch', 'core.ml.train', 'core.ml.model') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_worker_entry_module_includes_the_tasks_and_connects_the_signals() -> None:
+    run = _run(
+        "import sys; from celery import signals; import worker.celery_app as w;"
+        "names = {r().__name__ for _, r in signals.worker_ready.receivers + signals.worker_process_init.receivers"
+        " + signals.worker_shutting_down.receivers};"
+        "print(w.app.conf.include, sorted(names));"
+        "sys.exit(0 if set(w.app.conf.include) == {'worker.tasks', 'worker.runs'}"
+        " and names == {'_main_ready', '_child_init', '_main_shutting_down'} else 1)"
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_producer_side_imports_no_worker_and_connects_no_signal() -> None:
+    # The API enqueues through ``broker``: importing it and building the app must not build the worker's
+    # app or hang the worker's handlers (reaper, SIGTERM hand-off) off Celery's signals in the API process.
+    run = _run(
+        "import sys; from celery import signals; import api.main, broker;"
+        "api.main.create_app(); broker.get_app();"
+        "leaks = [m for m in sys.modules if m == 'worker' or m.startswith('worker.')];"
+        "hooks = signals.worker_ready.receivers + signals.worker_process_init.receivers"
+        " + signals.worker_shutting_down.receivers;"
+        "print(leaks, hooks); sys.exit(1 if leaks or hooks else 0)"
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -1,4 +1,4 @@
-"""The job store on PostgreSQL and SQLite: every transition of DESIGN.md section 3, and the races."""
+"""The job store on PostgreSQL and SQLite: every transition of docs/design.md, "Job states", and the races."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import store
@@ -240,6 +240,56 @@ def _make_stale(s: Session, job_id: str) -> None:
     s.commit()
 
 
+def test_a_frozen_transaction_does_not_hold_its_job_row_for_ever(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker frozen between two statements of a transaction (SIGSTOP in the middle of a flush) holds its
+    job row's lock. PostgreSQL ends that session after a heartbeat timeout (at least 10 s) idle in the
+    transaction, so the reaper's requeue of the stale job goes through, and the frozen session's next statement fails.
+
+    Would catch: engines without the idle-in-transaction timeout (the reaper then waited on the lock for
+    ever and no other worker could take the job over)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from core.db.session import make_engine
+    from core.settings import get_settings
+
+    monkeypatch.setenv("JOBFORMER_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("JOBFORMER_HEARTBEAT_TIMEOUT_SECONDS", "2")
+    get_settings.cache_clear()
+    engine = make_engine(pg_url)
+    frozen = None
+    try:
+        sessions = sessionmaker(engine, expire_on_commit=False)
+        with sessions() as s:
+            job_id = _job(s)
+            store.claim_job(s, job_id, "host:1")
+            s.commit()
+            _make_stale(s, job_id)
+        frozen = sessions()
+        frozen.execute(update(Job).where(Job.id == job_id).values(progress={"step": 1}))  # locked, not ended
+        result: list = []
+
+        def reap() -> None:
+            with sessions() as s:
+                result.append(store.requeue_stale_jobs(s, timeout_seconds=1))
+                s.commit()
+
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
+        reaper.join(timeout=30)
+        assert result == [([job_id], [])], "the reaper still waits on the frozen session's lock"
+        with sessions() as s:
+            assert store.get_job(s, job_id).status == "queued"
+        with pytest.raises(DBAPIError):
+            frozen.execute(select(1))
+    finally:
+        if frozen is not None:
+            frozen.close()
+        engine.dispose()
+        get_settings.cache_clear()
+
+
 def test_requeue_stale_jobs_both_branches(db_session: Session) -> None:
     fresh, lost, exhausted, stopping = (_job(db_session, max_attempts=2) for _ in range(4))
     for job_id in (fresh, lost, exhausted, stopping):
@@ -331,3 +381,95 @@ def test_queued_jobs_older_than(db_session: Session) -> None:
     db_session.execute(update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(seconds=100)))
     db_session.commit()
     assert store.queued_jobs_older_than(db_session, 50) == [old]
+
+
+# ------------------------------------------------------------------------------ one owner per job (fencing)
+
+
+def _stale_and_reclaimed(s: Session, job_id: str) -> tuple[int, int]:
+    """Claim as host:1, lose it (stale heartbeat, requeued), claim as host:2: the two lease epochs."""
+    first = store.claim_job(s, job_id, "host:1").epoch
+    s.commit()
+    _make_stale(s, job_id)
+    assert store.requeue_stale_jobs(s, timeout_seconds=60)[0] == [job_id]
+    second = store.claim_job(s, job_id, "host:2").epoch
+    s.commit()
+    return first, second
+
+
+def test_every_claim_takes_a_higher_epoch_even_after_a_hand_off(db_session: Session) -> None:
+    job_id = _job(db_session)
+    epochs = []
+    for worker in ("host:1", "host:2", "host:3"):
+        epochs.append(store.claim_job(db_session, job_id, worker).epoch)
+        assert store.release_job(db_session, job_id, "shutting down", epoch=epochs[-1])
+    assert epochs == [1, 2, 3]
+    assert store.get_job(db_session, job_id).attempts == 0  # hand-offs use no attempt; epochs still grow
+    assert store.claim_job(db_session, job_id, "host:4", expected_epoch=2) is None  # read epoch 2, it is 3
+
+
+def test_writes_of_an_old_epoch_are_refused_and_change_nothing(db_session: Session) -> None:
+    job_id = _job(db_session)
+    old, new = _stale_and_reclaimed(db_session, job_id)
+    assert (old, new) == (1, 2)
+    before = store.get_job(db_session, job_id)
+    progress, metrics = before.progress, before.metrics
+    writes = [
+        lambda: store.update_progress(db_session, job_id, {"step": 99}, epoch=old),
+        lambda: store.add_metrics(db_session, job_id, [Point(99, 1, "train", "loss", 0.1)], epoch=old),
+        lambda: store.add_event(db_session, job_id, "warning", "from the past", epoch=old),
+        lambda: store.add_checkpoint(db_session, job_id, _ckpt(99, best=True), "jobs/x/step-99", epoch=old),
+        lambda: store.prune_metrics(db_session, job_id, after_step=0, epoch=old),
+    ]
+    for write in writes:
+        with pytest.raises(store.LeaseLost):
+            write()
+        db_session.rollback()
+    assert store.finish_job(db_session, job_id, "succeeded", epoch=old) is False
+    assert store.release_job(db_session, job_id, "shutting down", epoch=old) is False
+    assert store.heartbeat(db_session, job_id, "host:1", epoch=old) is None
+    db_session.commit()
+    job = store.get_job(db_session, job_id)
+    assert (job.status, job.epoch, job.progress, job.metrics) == ("running", new, progress, metrics)
+    assert db_session.scalar(select(func.count()).select_from(MetricPoint)) == 0
+    assert db_session.scalar(select(func.count()).select_from(Checkpoint)) == 0
+    assert "warning" not in _events(db_session, job_id)
+    # The new owner's writes go through.
+    store.update_progress(db_session, job_id, {"step": 7}, epoch=new)
+    store.add_metrics(db_session, job_id, [Point(10, 1, "train", "loss", 0.5)], epoch=new)
+    assert store.heartbeat(db_session, job_id, "host:2", epoch=new) == "running"
+    assert store.finish_job(db_session, job_id, "succeeded", epoch=new) is True
+    # An ended job takes no more writes, even of its last owner.
+    with pytest.raises(store.LeaseLost):
+        store.add_event(db_session, job_id, "warning", "after the end", epoch=new)
+
+
+def test_a_fenced_write_and_a_takeover_never_interleave(db_sessionmaker: sessionmaker[Session]) -> None:
+    """The fencing UPDATE locks the job row (the database, on SQLite) until the write commits: a requeue
+    that starts meanwhile waits, and then the write is in, whole, before the new owner's claim."""
+    with db_sessionmaker() as s:
+        job_id = _job(s)
+        epoch = store.claim_job(s, job_id, "host:1").epoch
+        s.commit()
+    writer = db_sessionmaker()
+    store.add_metrics(writer, job_id, [Point(10, 1, "train", "loss", 0.5)], epoch=epoch)  # holds the lock
+    outcome: list[object] = []
+
+    def take_over() -> None:
+        with db_sessionmaker() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+            outcome.append(store.requeue_stale_jobs(s, timeout_seconds=60))
+            s.commit()
+
+    thread = threading.Thread(target=take_over)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive() and not outcome  # waiting for the writer's transaction
+    writer.commit()
+    writer.close()
+    thread.join(30)
+    assert outcome == [([job_id], [])]
+    with db_sessionmaker() as s:
+        assert [p.step for p in s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id))] == [10]
+        with pytest.raises(store.LeaseLost):  # and after the takeover the old epoch writes nothing
+            store.add_metrics(s, job_id, [Point(20, 1, "train", "loss", 0.4)], epoch=epoch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from core.ml.callbacks import Callbacks
 from core.ml.config import TrainConfig
 
 POSITIVE = ["good", "great", "fine", "lovely", "excellent", "nice", "tasty", "superb"]
@@ -49,7 +50,14 @@ def write_text_file(path: Path, lines: int = 150, seed: int = 0) -> Path:
     return path
 
 
-TINY_MODEL = {"d_model": 16, "n_heads": 2, "n_layers": 1, "dim_feedforward": 32, "max_length": 16}
+TINY_MODEL = {
+    "d_model": 16,
+    "n_heads": 2,
+    "n_layers": 1,
+    "dim_feedforward": 32,
+    "max_length": 16,
+    "ngram_buckets": 1024,  # the classifier's n-gram bag (default 2), small; other tasks ignore it
+}
 
 
 def classification_config(**training) -> TrainConfig:
@@ -79,7 +87,7 @@ def lm_config(**training) -> TrainConfig:
     )
 
 
-class Recorder:
+class Recorder(Callbacks):
     """Callbacks that keep everything, and can ask the loop to stop after a given step."""
 
     def __init__(self, stop_at: int | None = None) -> None:

@@ -56,7 +56,8 @@ def test_a_trained_run_has_the_documented_layout(tmp_path):
     assert state["rng"]["torch"].dtype == torch.uint8
     assert set(state["optimizer"]) == {"state", "param_groups"}
     weights = ckpt.load_weights(path)
-    assert weights["head.weight"].shape == (2, 16)
+    assert weights["head.weight"].shape == (2, 2 * 16)  # over the pooled vector and the n-gram bag's
+    assert weights["ngram.emb.weight"].shape == (1024, 16)
 
 
 def test_keeps_the_best_and_the_latest(tmp_path):
@@ -125,3 +126,70 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]
+
+
+def _save_as(out_dir, step, lease_epoch, may_commit=None):
+    name = ckpt.checkpoint_name(step, lease_epoch)
+    return ckpt.save_checkpoint(
+        out_dir,
+        step=step,
+        epoch=1,
+        model_state={"w": torch.full((2, 3), float(step))},
+        vocab={"version": 1, "tokens": ["<pad>"]},
+        config={"task": "classification"},
+        meta={"task": "classification", "labels": ["a", "b"]},
+        trainer_state={"step": step},
+        metrics={"val_f1_macro": 0.5},
+        is_best=False,
+        best_name=name,
+        lease_epoch=lease_epoch,
+        may_commit=may_commit,
+    )
+
+
+def test_lease_epochs_scope_names_and_pruning(tmp_path):
+    """Two owners of one job share its directory: an old owner's save (it woke up after a takeover) never
+    prunes the newer owner's checkpoints or temp directories; the newer owner prunes the old one's."""
+    root = tmp_path / "checkpoints"
+    assert _save_as(tmp_path, 100, 1).name == "step-00000100-e1"
+    resumed = _save_as(tmp_path, 100, 2)  # the same step, saved again by the next owner: no clash
+    assert (resumed.name, resumed.pruned) == ("step-00000100-e2", ["step-00000100-e1"])
+    (root / ".tmp-step-00000150-e2-999").mkdir()  # the new owner's save in progress
+    old = _save_as(tmp_path, 150, 1)
+    assert old.pruned == []
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".tmp-step-00000150-e2-999",
+        "step-00000100-e2",
+        "step-00000150-e1",
+    ]
+    new = _save_as(tmp_path, 200, 2)
+    assert sorted(new.pruned) == ["step-00000100-e2", "step-00000150-e1"]
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000200-e2"]
+    assert [c["name"] for c in ckpt.list_checkpoints(tmp_path)] == ["step-00000200-e2"]
+    assert ckpt.lease_epoch_of("step-00000200") == 0 and ckpt.lease_epoch_of(".tmp-step-00000001-e12-7") == 12
+
+
+def test_a_save_whose_lease_is_lost_leaves_nothing(tmp_path):
+    from core.ml.errors import OwnershipLost
+
+    _save_as(tmp_path, 100, 1)
+    with pytest.raises(OwnershipLost):
+        _save_as(tmp_path, 150, 1, may_commit=lambda: False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000100-e1"]
+
+
+def test_a_run_that_loses_its_lease_after_the_rename_prunes_nothing(tmp_path):
+    """Paused right after renaming a checkpoint into place, and taken over meanwhile (the new owner may
+    have resumed from this run's earlier checkpoint, or adopted and recorded the one just renamed): the
+    waking run prunes nothing and removes nothing. (The integration test saw the old owner prune the
+    checkpoint the new owner listed, and then remove the one the new owner had adopted.)"""
+    from core.ml.errors import OwnershipLost
+
+    _save_as(tmp_path, 100, 1)
+    answers = iter([True, False])  # still the owner before the rename; not any more after it
+    with pytest.raises(OwnershipLost):
+        _save_as(tmp_path, 150, 1, may_commit=lambda: next(answers))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000100-e1",
+        "step-00000150-e1",
+    ]

@@ -293,6 +293,31 @@ def test_a_few_ragged_rows_are_a_warning(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("first_row", ["pos", "pos,an extra,field here"], ids=["fewer", "more"])
+def test_headerless_ragged_first_row_reads_the_same_columns_everywhere(tmp_path, first_row):
+    # issue 8: the upload took the most common row's width, the worker's reader the first row's, so a
+    # short first row passed POST /jobs and failed in the worker ("column index 1 is out of range").
+    path = write(tmp_path, first_row + "\n" + table(",", header=False) * 3)
+    info = inspect_file(path)
+    assert (info.format.header, info.columns, info.rows) == (False, ["0", "1"], 19)
+    width = first_row.count(",") + 1
+    assert info.warnings == [
+        f"1 of 19 rows do not have 2 fields (first at line 1, {width} fields); "
+        "missing fields are read as empty, extra fields are ignored"
+    ]
+    config = cls_config(text_column=1, label_column=0)
+    assert check_config(path, config) == []
+    data = load_texts(path, config)
+    assert data.texts[-18:] == [t for _, t in REVIEWS] * 3
+    assert len(data.texts) == (18 if width == 1 else 19)  # a missing text is skipped, extra fields ignored
+    # and an index past the common width is refused by both, with the same message
+    past = cls_config(text_column=2, label_column=0)
+    msg = "column index 2 is out of range; the file has 2 columns: 0, 1"
+    assert [p.msg for p in check_config(path, past)] == [msg]
+    with pytest.raises(DataError, match=f"^config.text_column: {msg}$"):
+        load_texts(path, past)
+
+
 def test_max_rows(tmp_path):
     path = write(tmp_path, table(","))
     assert inspect_file(path, max_rows=6).rows == 6
@@ -399,7 +424,11 @@ def test_check_config_unknown_language_and_plain_text_columns(tmp_path):
     path = write(tmp_path, "just some prose\nand more of it\n", "doc.txt")
     config = cls_config(tokenizer={"language": "qq"})
     assert [(p.loc, p.msg) for p in check_config(path, config)] == [
-        (["config", "tokenizer", "language"], "unknown spaCy language 'qq'"),
+        (
+            ["config", "tokenizer", "language"],
+            "unknown spaCy language 'qq'; use a code such as 'en', 'de', 'fr', 'es', 'zh', "
+            "or tokenizer.kind 'char'",
+        ),
         (
             ["config", "label_column"],
             "column 'label' not found; the file has: text (read as plain text: no consistent delimiter found)",
@@ -430,10 +459,49 @@ def test_split_is_stratified():
 
 def test_split_edge_cases():
     assert split_indices(2, 0.1, seed=0) in [([0], [1]), ([1], [0])]
-    train, val = split_indices(3, 0.5, seed=0, labels=["a", "b", "c"])
-    assert len(val) == 1 and len(train) == 2
     with pytest.raises(DataError, match="need at least 2 rows"):
         split_indices(1, 0.1, seed=0)
+
+
+def test_split_keeps_every_class_in_training():
+    # A class of one trains and is not validated; a class of two gives one to each side.
+    for n_b, val_b in [(1, 0), (2, 1)]:
+        labels = ["a"] * 30 + ["b"] * n_b
+        train, val = split_indices(len(labels), 0.1, seed=0, labels=labels)
+        assert {labels[i] for i in train} == {"a", "b"}
+        assert [labels[i] for i in val].count("b") == val_b
+
+
+def test_split_refuses_labels_that_each_occur_once():
+    # issue 8: every value unique (an id column as label_column) left validation without a known class
+    # and the worker failed with internal_error; now a DataError names label_column.
+    with pytest.raises(DataError) as e:
+        split_indices(3, 0.5, seed=0, labels=["a", "b", "c"])
+    assert e.value.code == "invalid_data"
+    assert str(e.value) == (
+        "label_column: every value of the label column is unique (3 distinct values, each in one row), so it "
+        "looks like an id column: a class needs at least 2 rows, one to train on and one to validate; set "
+        "label_column to the column that holds the classes"
+    )
+    assert [p.loc for p in e.value.problems] == [["config", "label_column"]]
+
+
+def test_check_config_refuses_an_id_column_as_label(tmp_path):
+    rows = "".join(f"{i},review number {i} of thirty\n" for i in range(30))
+    path = write(tmp_path, "id,text\n" + rows)
+    assert [(p.loc, p.msg) for p in check_config(path, cls_config(label_column="id"))] == [
+        (
+            ["config", "label_column"],
+            "every value of column 'id' is unique (30 distinct values, each in one row), so it looks like an "
+            "id column: a class needs at least 2 rows, one to train on and one to validate; set label_column "
+            "to the column that holds the classes",
+        )
+    ]
+
+
+def test_check_config_accepts_a_rare_class_that_trains(tmp_path):
+    rows = [("pos", t) for _, t in REVIEWS] * 5 + [("neg", "boring")]
+    assert check_config(write(tmp_path, table(",", rows=rows)), cls_config()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_mlp_is_squared_relu():
 
 def test_classifier_shapes_loss_and_exact_numbers():
     torch.manual_seed(0)
-    m = TextClassifier(CFG, vocab_size=30, num_classes=3)
+    m = TextClassifier(CFG.model_copy(update={"ngrams": 0}), vocab_size=30, num_classes=3)  # the encoder's
     idx = torch.tensor([[2, 5, 6, 7, 0, 0], [2, 9, 8, 0, 0, 0]])
     logits, loss = m(idx, torch.tensor([0, 2]))
     assert logits.shape == (2, 3)
@@ -102,7 +102,29 @@ def test_language_model_loss_at_init_is_near_uniform():
     idx = torch.randint(30, (3, 12))
     _, loss = m(idx[:, :-1], idx[:, 1:])
     assert loss.item() == pytest.approx(math.log(30), rel=0.05)
-    assert loss.item() == pytest.approx(3.4203121662139893, rel=1e-6)
+    assert loss.item() == pytest.approx(3.446453094482422, rel=1e-6)
+
+
+def test_language_model_logits_are_scaled_and_old_weights_keep_1x():
+    """New models multiply the tied output's logits by LOGIT_SCALE; weights saved before the factor
+    existed (no ``logit_scale`` tensor) load at 1x, the factor they were trained with.
+
+    Would catch: old checkpoints refused (a missing key) or silently predicting at 2x."""
+    from core.ml.model import LOGIT_SCALE
+
+    torch.manual_seed(0)
+    m = LanguageModel(CFG, vocab_size=30).eval()
+    idx = torch.randint(30, (2, 8))
+    logits, _ = m(idx)
+    assert float(m.logit_scale) == LOGIT_SCALE != 1.0
+    old = {k: v for k, v in m.state_dict().items() if k != "logit_scale"}
+    loaded = LanguageModel(CFG, vocab_size=30).eval()
+    loaded.load_state_dict(old)  # strict: nothing missing
+    assert float(loaded.logit_scale) == 1.0
+    torch.testing.assert_close(loaded(idx)[0] * LOGIT_SCALE, logits)
+    again = LanguageModel(CFG, vocab_size=30)
+    again.load_state_dict(m.state_dict())
+    assert float(again.logit_scale) == LOGIT_SCALE
 
 
 def test_longer_than_max_length_is_refused():

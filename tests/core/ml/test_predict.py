@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from core.ml.config import TrainConfig
 from core.ml.errors import ConfigError
 from core.ml.predict import Predictor
 from core.ml.train import train
-from tests.core.ml._tiny import classification_config, lm_config, write_sentiment_csv, write_text_file
+from tests.core.ml._tiny import lm_config, write_text_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("clf")
-    base = classification_config(epochs=6, learning_rate=2e-3).model_dump()
-    config = TrainConfig.model_validate({**base, "model": {**base["model"], "d_model": 64, "n_heads": 4}})
-    result = train(config, write_sentiment_csv(tmp / "s.csv"), tmp / "run")
-    assert result.metrics["val_accuracy"] == 1.0
-    return tmp / "run", result
-
-
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lm")
-    train(lm_config(), write_text_file(tmp / "t.txt"), tmp / "run")
-    return tmp / "run"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_classify_from_a_run_directory(classifier_run):

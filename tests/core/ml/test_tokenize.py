@@ -10,7 +10,7 @@ import pytest
 from core.ml.config import TokenizerConfig, TrainConfig
 from core.ml.data import load_texts
 from core.ml.errors import ConfigError
-from core.ml.tokenize import Tokenizer, Vocab, build_tokenizer
+from core.ml.tokenize import Tokenizer, Vocab, build_tokenizer, language_problem, spacy_language_code
 
 
 def test_spacy_english_words_lowercased():
@@ -54,18 +54,35 @@ def test_detokenize_spacy_best_effort():
     assert tok.detokenize(["<cls>", "hello", "world", "<eos>", "again", "<pad>"]) == "hello world\nagain"
 
 
-@pytest.mark.parametrize("language", ["qq", "english"])
+@pytest.mark.parametrize("language", ["qq", "english", "EN", "ja.tag_map", "en.stop", "../en"])
 def test_unknown_language_names_the_field(language):
     with pytest.raises(ConfigError) as e:
         build_tokenizer(TokenizerConfig(language=language))
     assert e.value.code == "invalid_config"
     assert str(e.value).startswith(f"tokenizer.language {language!r} is not a language spaCy knows")
     assert [p.loc for p in e.value.problems] == [["config", "tokenizer", "language"]]
+    assert "tokenizer.kind 'char'" in e.value.problems[0].msg
+
+
+def test_a_dotted_language_code_imports_no_spacy_submodule():
+    # issue 8: "ja.tag_map" made spacy.util.get_lang_class import spacy.lang.ja.tag_map (AttributeError, 500)
+    for name in [m for m in sys.modules if m.startswith("spacy.lang.ja")]:
+        del sys.modules[name]
+    assert language_problem("ja.tag_map") is not None
+    assert not [m for m in sys.modules if m.startswith("spacy.lang.ja")]
+
+
+@pytest.mark.parametrize(
+    "language,code", [("en", "en"), ("grc", "grc"), ("xx", "xx"), ("eng", "en"), ("fre", "fr")]
+)
+def test_language_codes_resolve_through_spacy(language, code):
+    assert spacy_language_code(language) == code
+    assert language_problem(language) is None
 
 
 def test_unknown_kind():
-    with pytest.raises(ConfigError, match="tokenizer.kind 'bpe' is unknown"):
-        Tokenizer(kind="bpe")
+    with pytest.raises(ConfigError, match="tokenizer.kind 'wordpiece' is unknown"):
+        Tokenizer(kind="wordpiece")
 
 
 def test_vocab_order_min_freq_and_max_vocab():

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 
 from core.ml import checkpoint as ckpt
 from core.ml.config import TrainConfig
+from core.ml.data import load_texts, split_indices
 from core.ml.errors import ConfigError, DataError, DivergedError
 from core.ml.train import lr_at, train
 from tests.core.ml._tiny import (
     Recorder,
     classification_config,
     lm_config,
-    write_sentiment_csv,
-    write_text_file,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def sentiment_csv(tmp_path):
-    return write_sentiment_csv(tmp_path / "sentiment.csv")
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    return write_text_file(tmp_path / "docs.txt")
 
 
 def _train_points(rec: Recorder) -> list[tuple[int, float]]:
@@ -44,39 +34,73 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.1)
 
 
-def test_classification_recorded_numbers_and_determinism(sentiment_csv, tmp_path):
+def _majority_baseline(path, config: TrainConfig) -> tuple[float, float]:
+    """(accuracy, macro-F1) on the validation split of always answering the split's most common label."""
+    data = load_texts(path, config)
+    _, val = split_indices(len(data.texts), config.training.val_fraction, config.training.seed, data.labels)
+    counts = Counter(data.labels[i] for i in val)
+    p = counts.most_common(1)[0][1] / len(val)
+    # The majority class scores F1 2p / (1 + p); every other class scores 0.
+    return p, 2 * p / (1 + p) / len(set(data.labels))
+
+
+def test_classification_learns_then_recorded_numbers_and_determinism(sentiment_csv, tmp_path):
     rec = Recorder()
-    result = train(classification_config(), sentiment_csv, tmp_path / "run", rec)
+    config = classification_config(epochs=4, learning_rate=1e-2)
+    config.model.ngrams = 0  # the Transformer alone: the loop's numbers (test_ngrams.py has the bag's)
+    result = train(config, sentiment_csv, tmp_path / "run", rec)
     assert result.status == "completed"
-    assert (result.steps, result.epoch) == (28, 2)  # 216 training rows / batch 16 = 14 steps per epoch
+    # First: it learned. The sentiment word decides the label, so a model that learned beats the
+    # majority class by far (issue 8: the numbers pinned here were once those of a one-class predictor).
+    majority_accuracy, majority_f1 = _majority_baseline(sentiment_csv, config)
+    assert (majority_accuracy, majority_f1) == pytest.approx((13 / 24, 0.35135135135135137))
+    assert result.metrics["val_accuracy"] >= majority_accuracy + 0.3
+    assert result.metrics["val_f1_macro"] >= majority_f1 + 0.5
+    val_f1 = [p.value for p in rec.metrics if p.key == "val_f1_macro"]
+    assert val_f1[0] == pytest.approx(majority_f1) and val_f1[-1] > val_f1[0]  # epoch 1: still the majority
+    # Then the exact numbers of this tiny fixed-seed run.
+    assert (result.steps, result.epoch) == (56, 4)  # 216 training rows / batch 16 = 14 steps per epoch
     assert result.data == {"rows": 240, "train_rows": 216, "val_rows": 24, "skipped_rows": 0}
     assert result.metrics == pytest.approx(
         {
-            "train_loss": 0.6804430484771729,
-            "val_loss": 0.6854907671610514,
-            "val_accuracy": 0.5416666666666666,
-            "val_f1_macro": 0.35135135135135137,
+            "train_loss": 0.054839889208475746,
+            "val_loss": 0.033957223097483315,
+            "val_accuracy": 1.0,
+            "val_f1_macro": 1.0,
         },
         rel=1e-6,
     )
+    assert val_f1 == pytest.approx([0.35135135135135137, 0.9142857142857144, 1.0, 1.0], rel=1e-6)
     assert result.best == {
-        "step": 14,
+        "step": 42,
         "metric": "val_f1_macro",
-        "value": pytest.approx(0.35135135135135137, rel=1e-6),
-        "checkpoint": "step-00000014",
+        "value": 1.0,
+        "checkpoint": "step-00000042",
     }
-    assert result.checkpoint == str((tmp_path / "run" / "checkpoints" / "step-00000014").resolve())
+    assert result.checkpoint == str((tmp_path / "run" / "checkpoints" / "step-00000042").resolve())
     assert result.tokens_per_second > 0
-    # best (step 14) and latest (step 28) are kept
-    assert [c["name"] for c in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000014", "step-00000028"]
-    assert rec.kinds() == ["data_loaded", "evaluation", "epoch_end", "evaluation", "epoch_end"]
-    assert [p.step for p in rec.progress] == list(range(1, 29))
-    assert [s for s, _ in _train_points(rec)] == [10, 20, 28]
+    # best (step 42: the first to reach 1.0) and latest (step 56) are kept
+    assert [c["name"] for c in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000042", "step-00000056"]
+    assert rec.kinds() == ["data_loaded"] + ["evaluation", "epoch_end"] * 4
+    assert [p.step for p in rec.progress] == list(range(1, 57))
+    assert [s for s, _ in _train_points(rec)] == [10, 20, 30, 40, 50, 56]
     val_keys = {p.key for p in rec.metrics if p.split == "val"}
     assert val_keys == {"val_loss", "val_accuracy", "val_f1_macro"}
 
-    again = train(classification_config(), sentiment_csv, tmp_path / "run2")
+    again = train(config, sentiment_csv, tmp_path / "run2")
     assert again.metrics == result.metrics  # same config, seed and data: same numbers
+
+
+def test_every_label_once_is_a_data_error_not_a_crash(tmp_path):
+    # issue 8: an id column as label_column trained into a ZeroDivisionError (internal_error in a worker)
+    path = tmp_path / "ids.csv"
+    path.write_text("id,text\n" + "".join(f"{i},message number {i}\n" for i in range(40)), encoding="utf-8")
+    config = TrainConfig.model_validate({"task": "classification", "label_column": "id"})
+    with pytest.raises(DataError) as e:
+        train(config, path, tmp_path / "run")
+    assert e.value.code == "invalid_data"
+    assert "so it looks like an id column" in e.value.message
+    assert [p.loc for p in e.value.problems] == [["config", "label_column"]]
 
 
 def test_language_model_recorded_numbers(text_file, tmp_path):
@@ -90,7 +114,7 @@ def test_language_model_recorded_numbers(text_file, tmp_path):
         "train_tokens": 3521,
         "val_tokens": 392,
     }
-    assert result.metrics["val_loss"] == pytest.approx(2.897512435913086, rel=1e-6)
+    assert result.metrics["val_loss"] == pytest.approx(2.8193447589874268, rel=1e-6)
     assert result.metrics["val_perplexity"] == pytest.approx(math.exp(result.metrics["val_loss"]))
     assert result.best["metric"] == "val_loss"
 

@@ -1,4 +1,5 @@
-"""The job store: every job state transition of DESIGN.md section 3 lives here, and only here.
+"""The job store's transitions: every job state transition of docs/design.md, "Job states" lives here, and
+only here.
 
     queued -> running -> succeeded | failed
                       -> cancelling -> cancelled
@@ -9,9 +10,20 @@ Each transition is one conditional ``UPDATE ... WHERE id = :id AND status IN (..
 which of two racing workers claims a job and which writer sets the end state, on PostgreSQL and SQLite
 alike (no ``SELECT ... FOR UPDATE``, which SQLite lacks). A function returns whether its update matched.
 
+Every end (``finish_job``, a queued job cancelled, a lost job ended by ``requeue_stale_jobs``) queues its
+webhook delivery in the same transaction (``core.db.store.webhooks``, the outbox).
+
 Every function takes a ``Session`` first and only flushes: the caller commits, so each write is a short
 transaction (``core.db.session.session_scope``). Times come from the Python clock (``utcnow``), which
 keeps the comparisons identical on both backends.
+
+One owner per job (docs/design.md, "One owner per job"): every claim increments ``jobs.epoch``, and every
+write a worker makes passes the ``epoch`` it claimed. Such a write starts with a fencing UPDATE on the job
+row (``WHERE id = :id AND epoch = :epoch AND status IN ('running', 'cancelling')``), which also locks the
+row (PostgreSQL) or the database (SQLite) until the transaction ends, so a requeue or a second claim
+cannot interleave with it. When it matches nothing, ``LeaseLost`` is raised, the transaction rolls back
+and the worker stops without writing anything more. The fenced writes of a running job (progress, metric
+points, events, checkpoints) are in ``core.db.store.records``; they fence with ``_fence`` below.
 """
 
 from __future__ import annotations
@@ -24,20 +36,21 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.db.models import (
-    Checkpoint,
-    Dataset,
-    Event,
-    Job,
-    JobStatus,
-    MetricPoint,
-    new_id,
-    utcnow,
-)
-from core.ml.callbacks import CheckpointInfo
-from core.ml.callbacks import MetricPoint as MetricPointData
+from core.db.models import ACTIVE_STATES, Checkpoint, Event, Job, JobStatus, MetricPoint, new_id, utcnow
+from core.db.store.locks import lock_key
+from core.db.store.webhooks import queue_delivery
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """A worker's write matched no row for (job, epoch): another worker owns the job now, or it ended."""
+
+    def __init__(self, job_id: str, epoch: int) -> None:
+        super().__init__(f"job {job_id}: lease epoch {epoch} is no longer the job's")
+        self.job_id, self.epoch = job_id, epoch
+
 
 _LIVE = (JobStatus.RUNNING, JobStatus.CANCELLING)
 _ENDS = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -60,6 +73,21 @@ def _update_job(s: Session, job_id: str, where: Iterable[Any], **values: Any) ->
     return matched
 
 
+def _fence(s: Session, job_id: str, epoch: int | None) -> None:
+    """Raise ``LeaseLost`` unless the job is live under ``epoch`` (None: an unfenced writer, e.g. the API).
+    The no-op UPDATE takes the row's write lock for the rest of the transaction."""
+    if epoch is None:
+        return
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.epoch == epoch, Job.status.in_(_LIVE))
+        .values(epoch=Job.epoch)
+        .execution_options(synchronize_session=False)
+    )
+    if s.execute(stmt).rowcount != 1:
+        raise LeaseLost(job_id, epoch)
+
+
 def _event(s: Session, job_id: str, kind: str, message: str, data: dict | None = None) -> None:
     s.add(Event(job_id=job_id, kind=kind, message=message, data=data, time=utcnow()))
 
@@ -72,40 +100,43 @@ def get_job(s: Session, job_id: str) -> Job | None:
 # --------------------------------------------------------------------------------------------- create
 
 
-def create_dataset(
+class ActiveJobLimit(Exception):
+    """The owner already has ``active`` queued or running jobs, the limit: no job was created."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} active jobs (limit {limit})")
+        self.active, self.limit = active, limit
+
+
+def create_job(
     s: Session,
     *,
+    dataset_id: str,
+    config: dict,
     owner: str | None,
-    filename: str,
-    size_bytes: int,
-    sha256: str,
-    path: str,
-    format: dict,
-    rows: int,
-    columns: list,
-    preview: list,
-) -> Dataset:
-    """Record an uploaded file (already stored at ``path``, relative to the data directory)."""
-    dataset = Dataset(
-        id=new_id(),
-        owner=owner,
-        filename=filename,
-        size_bytes=size_bytes,
-        sha256=sha256,
-        path=path,
-        format=format,
-        rows=rows,
-        columns=columns,
-        preview=preview,
-        created_at=utcnow(),
-    )
-    s.add(dataset)
-    s.flush()
-    return dataset
+    max_attempts: int,
+    queue: str | None = None,
+    active_limit: int | None = None,
+) -> Job:
+    """A new ``queued`` job on ``queue`` (default: the settings' ``queue_name``) with its "queued" event.
+    Commit first, THEN ``broker.enqueue_job(job.id, job.queue)``.
 
-
-def create_job(s: Session, *, dataset_id: str, config: dict, owner: str | None, max_attempts: int) -> Job:
-    """A new ``queued`` job with its "queued" event. Commit first, THEN ``worker.queue.enqueue_job``."""
+    With ``active_limit``, raises ``ActiveJobLimit`` when ``owner`` already has that many jobs queued or
+    running. The count and the insert hold the owner's lock until the caller commits, so concurrent
+    requests of one owner never pass the limit together."""
+    if active_limit is not None:
+        lock_key(s, f"owner:{owner}")
+        active = (
+            s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.owner.is_(None) if owner is None else Job.owner == owner)
+                .where(Job.status.in_([st.value for st in ACTIVE_STATES]))
+            )
+            or 0
+        )
+        if active >= active_limit:
+            raise ActiveJobLimit(active, active_limit)
     job = Job(
         id=new_id(),
         owner=owner,
@@ -115,6 +146,7 @@ def create_job(s: Session, *, dataset_id: str, config: dict, owner: str | None, 
         created_at=utcnow(),
         attempts=0,
         max_attempts=max_attempts,
+        queue=queue or get_settings().queue_name,
     )
     s.add(job)
     s.flush()
@@ -139,6 +171,7 @@ def request_cancel(s: Session, job_id: str) -> Job | None:
         finished_at=now,
     ):
         _event(s, job_id, "cancelled", "Cancelled before it started.")
+        queue_delivery(s, job_id)  # the end's webhook, in the same transaction (the outbox)
     elif _update_job(s, job_id, [Job.status == JobStatus.RUNNING], status=JobStatus.CANCELLING):
         _event(
             s, job_id, "cancelling", "Cancel requested: stopping at the next step and saving a checkpoint."
@@ -150,10 +183,19 @@ def request_cancel(s: Session, job_id: str) -> Job | None:
 LATEST_ROW = object()  # claim_job's default: resume from the latest checkpoint row
 
 
-def claim_job(s: Session, job_id: str, worker: str, *, resume_step: Any = LATEST_ROW) -> Job | None:
-    """Atomically take a ``queued`` job for ``worker`` ("hostname:pid"): ``running``, attempts + 1,
-    ``started_at`` (first run only), a fresh heartbeat. None when the job is not queued (already running
-    elsewhere, finished, cancelled or unknown): the broker may deliver a message twice, this may not.
+def claim_job(
+    s: Session,
+    job_id: str,
+    worker: str,
+    *,
+    resume_step: Any = LATEST_ROW,
+    expected_epoch: int | None = None,
+) -> Job | None:
+    """Atomically take a ``queued`` job for ``worker`` ("hostname:pid"): ``running``, attempts + 1, a new
+    lease epoch (``job.epoch``, one more than any before), ``started_at`` (first run only), a fresh
+    heartbeat. None when the job is not queued (already running elsewhere, finished, cancelled or
+    unknown): the broker may deliver a message twice, this may not. ``expected_epoch``: claim only if the
+    epoch is still the one the caller read (it chose ``resume_step`` from what that epoch left).
 
     On a later run (the job was requeued), metric points after the step of the latest checkpoint row are
     deleted: training resumes from that checkpoint, so the curve continues without duplicates. A worker
@@ -161,12 +203,16 @@ def claim_job(s: Session, job_id: str, worker: str, *, resume_step: Any = LATEST
     loop resumes from: a worker killed between writing a checkpoint and recording its row leaves the disk
     ahead of the rows, and cutting the curve back to the row would leave a gap in it."""
     now = utcnow()
+    where = [Job.status == JobStatus.QUEUED]
+    if expected_epoch is not None:
+        where.append(Job.epoch == expected_epoch)
     claimed = _update_job(
         s,
         job_id,
-        [Job.status == JobStatus.QUEUED],
+        where,
         status=JobStatus.RUNNING,
         attempts=Job.attempts + 1,
+        epoch=Job.epoch + 1,
         started_at=func.coalesce(Job.started_at, now),
         heartbeat_at=now,
         worker=worker,
@@ -200,107 +246,21 @@ def claim_job(s: Session, job_id: str, worker: str, *, resume_step: Any = LATEST
     return job
 
 
-def heartbeat(s: Session, job_id: str, worker: str, *, touch: bool = True) -> str | None:
-    """Refresh the heartbeat of a job held by ``worker``; return the job's status now (the worker stops
-    when it is ``cancelling``, or when it is no longer ``running``). None when the job is gone or is no
-    longer held by this worker (it was declared lost and taken over): the worker must stop at once.
+def heartbeat(
+    s: Session, job_id: str, worker: str, *, touch: bool = True, epoch: int | None = None
+) -> str | None:
+    """Refresh the heartbeat (renew the lease) of a job held by ``worker`` under ``epoch`` (when given;
+    else matched by the worker's name); return the job's status now (the worker stops when it is
+    ``cancelling``, or when it is no longer ``running``). None when the job is gone or is no longer held
+    by this worker (it was declared lost and taken over): the worker must stop at once.
     ``touch=False`` only reads the status (the worker polls for a cancel more often than it beats)."""
+    held = Job.epoch == epoch if epoch is not None else Job.worker == worker
     if touch:
-        _update_job(s, job_id, [Job.worker == worker, Job.status.in_(_LIVE)], heartbeat_at=utcnow())
-    row = s.execute(select(Job.status, Job.worker).where(Job.id == job_id)).one_or_none()
-    if row is None or row.worker != worker:
+        _update_job(s, job_id, [held, Job.status.in_(_LIVE)], heartbeat_at=utcnow())
+    row = s.execute(select(Job.status, Job.worker, Job.epoch).where(Job.id == job_id)).one_or_none()
+    if row is None or (row.epoch != epoch if epoch is not None else row.worker != worker):
         return None
     return row.status
-
-
-def update_progress(s: Session, job_id: str, progress: dict) -> None:
-    """The latest ``core.ml.callbacks.Progress`` (as a dict) of a running job."""
-    _update_job(s, job_id, [Job.status.in_(_LIVE)], progress=progress)
-
-
-def add_metrics(s: Session, job_id: str, points: list[MetricPointData]) -> None:
-    """Append metric points and fold the newest value of each key into ``jobs.metrics``."""
-    if not points:
-        return
-    now = utcnow()
-    s.add_all(
-        MetricPoint(
-            job_id=job_id,
-            step=p.step,
-            epoch=p.epoch,
-            split=p.split,
-            name=p.name,
-            value=float(p.value),
-            time=now,
-        )
-        for p in points
-    )
-    latest = dict(s.scalar(select(Job.metrics).where(Job.id == job_id)) or {})
-    for p in sorted(points, key=lambda p: p.step):
-        latest[p.key] = float(p.value)
-    _update_job(s, job_id, [], metrics=latest)
-    s.flush()
-
-
-def add_event(s: Session, job_id: str, kind: str, message: str, data: dict | None = None) -> None:
-    """Something a person wants in the job's log."""
-    _event(s, job_id, kind, message, data)
-    s.flush()
-
-
-def add_checkpoint(
-    s: Session, job_id: str, info: CheckpointInfo, rel_path: str, *, metric: str | None = None
-) -> None:
-    """Record a checkpoint written (atomically) at ``rel_path`` (relative to the data directory).
-    Drops the rows of the checkpoints that save pruned; when it is the best so far, moves the best flag
-    to it and updates ``jobs.best`` (``metric``: the name the best was chosen by, when known)."""
-    if info.pruned:
-        s.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name.in_(info.pruned)))
-    # A resumed run can write a checkpoint under a name that exists already: the new one replaces it.
-    s.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == info.name))
-    if info.is_best:
-        s.execute(
-            update(Checkpoint)
-            .where(Checkpoint.job_id == job_id, Checkpoint.is_best.is_(True))
-            .values(is_best=False)
-            .execution_options(synchronize_session=False)
-        )
-    s.add(
-        Checkpoint(
-            job_id=job_id,
-            name=info.name,
-            step=info.step,
-            metrics={k: float(v) for k, v in info.metrics.items()},
-            size_bytes=info.size_bytes,
-            is_best=info.is_best,
-            path=rel_path,
-            created_at=utcnow(),
-        )
-    )
-    if info.is_best:
-        metric = metric or _best_metric_name(info.metrics)
-        best = {
-            "step": info.step,
-            "metric": metric,
-            "value": float(info.metrics[metric]) if metric in info.metrics else None,
-            "checkpoint": info.name,
-        }
-        _update_job(s, job_id, [], best=best)
-    add_event(
-        s,
-        job_id,
-        "checkpoint",
-        f"checkpoint {info.name} saved at step {info.step}" + (" (best so far)" if info.is_best else ""),
-        {"name": info.name, "step": info.step, "is_best": info.is_best, "size_bytes": info.size_bytes},
-    )
-    s.flush()
-
-
-def _best_metric_name(metrics: dict[str, float]) -> str | None:
-    for name in ("val_f1_macro", "val_accuracy", "val_loss", "val_perplexity", "train_loss"):
-        if name in metrics:
-            return name
-    return next(iter(metrics), None)
 
 
 def finish_job(
@@ -312,6 +272,7 @@ def finish_job(
     error_message: str | None = None,
     result: dict | None = None,
     worker: str | None = None,
+    epoch: int | None = None,
 ) -> bool:
     """Write the end state (``succeeded``, ``failed`` or ``cancelled``) of a ``running``/``cancelling`` job,
     exactly once: a second call, or a call after another worker took the job over (``worker`` given and
@@ -322,6 +283,8 @@ def finish_job(
     where = [Job.status.in_(_LIVE)]
     if worker is not None:
         where.append(Job.worker == worker)
+    if epoch is not None:
+        where.append(Job.epoch == epoch)
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -343,17 +306,22 @@ def finish_job(
     else:
         _event(s, job_id, "error", error_message or "Failed.", {"code": error_code})
         _event(s, job_id, "failed", f"Failed: {error_code}.", {"code": error_code})
+    queue_delivery(s, job_id)
     s.flush()
     return True
 
 
-def release_job(s: Session, job_id: str, reason: str, *, worker: str | None = None) -> bool:
+def release_job(
+    s: Session, job_id: str, reason: str, *, worker: str | None = None, epoch: int | None = None
+) -> bool:
     """Hand a ``running`` job back to ``queued`` (the worker is shutting down and saved a checkpoint).
     A graceful hand-off is not a lost attempt: ``attempts`` goes back down, so rolling restarts never
     push a job towards ``worker_lost``. The caller re-enqueues it after committing."""
     where = [Job.status == JobStatus.RUNNING, Job.attempts > 0]
     if worker is not None:
         where.append(Job.worker == worker)
+    if epoch is not None:
+        where.append(Job.epoch == epoch)
     if not _update_job(
         s, job_id, where, status=JobStatus.QUEUED, attempts=Job.attempts - 1, heartbeat_at=utcnow()
     ):
@@ -383,12 +351,15 @@ def requeue_stale_jobs(s: Session, *, timeout_seconds: float) -> tuple[list[str]
         if row.status == JobStatus.CANCELLING:
             if _update_job(s, row.id, where, status=JobStatus.CANCELLED, finished_at=now):
                 _event(s, row.id, "cancelled", "Cancelled (its worker was lost while it was stopping).")
+                queue_delivery(s, row.id)
                 ended.append(row.id)
         elif row.attempts >= row.max_attempts:
             message = (
-                f"The worker running this job was lost {row.attempts} times (no heartbeat for "
-                f"{timeout_seconds:g} s); giving up after max_attempts={row.max_attempts}. Check the worker logs "
-                "for out-of-memory kills, or resubmit with a smaller model or batch_size."
+                f"The worker process running this job stopped answering {row.attempts} times (no heartbeat "
+                f"for {timeout_seconds:g} s): it was most likely killed, usually by the kernel's "
+                f"out-of-memory killer (the worker log says 'signal 9' or 'SIGKILL'). Giving up after "
+                f"max_attempts={row.max_attempts}. Resubmit with a smaller training.batch_size, "
+                "model.max_length, model.d_model or model.n_layers, or give the worker more memory."
             )
             if _update_job(
                 s,
@@ -401,6 +372,7 @@ def requeue_stale_jobs(s: Session, *, timeout_seconds: float) -> tuple[list[str]
             ):
                 _event(s, row.id, "error", message, {"code": "worker_lost"})
                 _event(s, row.id, "failed", "Failed: worker_lost.", {"code": "worker_lost"})
+                queue_delivery(s, row.id)
                 ended.append(row.id)
         elif _update_job(s, row.id, where, status=JobStatus.QUEUED, heartbeat_at=now):
             _event(
@@ -424,8 +396,9 @@ def latest_checkpoint_step(s: Session, job_id: str) -> int | None:
     return s.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
 
 
-def prune_metrics(s: Session, job_id: str, *, after_step: int) -> int:
+def prune_metrics(s: Session, job_id: str, *, after_step: int, epoch: int | None = None) -> int:
     """Delete metric points with ``step > after_step`` (a resumed run writes them again). Returns how many."""
+    _fence(s, job_id, epoch)
     result = s.execute(
         delete(MetricPoint)
         .where(MetricPoint.job_id == job_id, MetricPoint.step > after_step)
@@ -434,15 +407,16 @@ def prune_metrics(s: Session, job_id: str, *, after_step: int) -> int:
     return int(result.rowcount or 0)
 
 
-def queued_jobs_older_than(s: Session, seconds: float) -> list[str]:
+def queued_jobs_older_than(s: Session, seconds: float, *, queue: str | None = None) -> list[str]:
     """Ids of ``queued`` jobs last touched (created, released or requeued) more than ``seconds`` ago:
-    candidates for re-enqueueing when the broker lost their message."""
+    candidates for re-enqueueing when the broker lost their message. ``queue``: only that queue's jobs."""
     cutoff = utcnow() - timedelta(seconds=seconds)
     last_touch = func.coalesce(Job.heartbeat_at, Job.created_at)
+    where = [] if queue is None else [Job.queue == queue]
     return list(
         s.scalars(
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.created_at < cutoff, last_touch < cutoff)
+            .where(Job.status == JobStatus.QUEUED, Job.created_at < cutoff, last_touch < cutoff, *where)
             .order_by(Job.created_at)
         )
     )
