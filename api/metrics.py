@@ -229,14 +229,14 @@ def _queue_families(settings: Settings, queues: list[str]) -> list[Metric]:
 
     depth = GaugeMetricFamily(
         "jobformer_queue_messages",
-        "Job messages waiting in a queue's Redis list and its capacity queues' (<queue>.p<N>).",
+        "Job messages waiting in a queue's Redis list and its capacity queues' (<queue>.p<N>, .m<T>).",
         labels=["queue"],
     )
     workers = GaugeMetricFamily("jobformer_workers_online", "Workers consuming a queue.", labels=["queue"])
     client = broker.redis_client(settings=settings)
     for queue in queues:
         pipe = client.pipeline(transaction=False)  # one round trip for the queue and its capacity queues
-        for name in broker.consumed_queues(queue, 64):
+        for name in broker.capacity_queues_present(client, queue):
             pipe.llen(name)
         depth.add_metric([queue], sum(pipe.execute()))
         online = broker.workers_online(queue, settings=settings)

@@ -388,8 +388,8 @@ async def enqueue(session: Session, settings: Settings, job: Job) -> list[str]:
     is missing (broker/), so the answer is a 202 with a warning rather than an error for a job that does
     exist."""
     try:
-        processes = broker.job_processes(job.config)  # N > 1: its capacity queue (docs/design.md, "Queues")
-        await run_in_threadpool(broker.enqueue_job, job.id, job.queue, processes=processes, settings=settings)
+        needs = broker.job_needs(job.config)  # its capacity queue (docs/design.md, "Queues")
+        await run_in_threadpool(broker.enqueue_job, job.id, job.queue, needs=needs, settings=settings)
     except Exception as e:
         log.error("job %s: enqueue failed: %s", job.id, e, extra={"job_id": job.id})
         reason = e.__class__.__name__

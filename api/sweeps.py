@@ -130,9 +130,9 @@ def submit_sweep(
     warnings = []
     for job_id, job_queue in step.created:
         trial = session.get(Job, job_id)
-        processes = broker.job_processes(trial.config if trial is not None else None)
+        needs = broker.job_needs(trial.config if trial is not None else None)
         try:
-            broker.enqueue_job(job_id, job_queue, processes=processes, settings=settings)
+            broker.enqueue_job(job_id, job_queue, needs=needs, settings=settings)
         except Exception as e:  # noqa: BLE001 - the reapers re-send a queued job whose message is gone
             log.error("job %s: enqueue failed: %s", job_id, e, extra={"job_id": job_id})
             warnings = [BROKER_DOWN_WARNING]

@@ -24,6 +24,8 @@ from api.schemas import (
 )
 from core.db.models import Checkpoint, Dataset, Event, Job, JobStatus, MetricPoint
 from core.db.session import get_sessionmaker
+from core.ml.config import TrainConfig
+from core.ml.resources import memory_gib
 
 UNKNOWN_WORKERS_WARNING = "the broker did not answer: cannot tell whether a worker is online"
 
@@ -173,21 +175,52 @@ def _workers_online(request: Request, queue_name: str) -> int | None:
     return broker.workers_online(queue_name, timeout=1.0, settings=request.app.state.settings)
 
 
-def _processes_warning(request: Request, job: Job) -> list[str]:
-    """A job asking for more processes than any online worker of its queue advertises (docs/design.md,
-    "Queues"): it waits in its capacity queue, which no online worker consumes, until one that can run it
-    comes online."""
-    processes = ((job.config or {}).get("resources") or {}).get("processes", 1)
-    if not isinstance(processes, int) or processes <= 1:
+def _capacity_warning(request: Request, job: Job) -> list[str]:
+    """A job needing more processes or memory than any online worker of its queue offers (docs/design.md,
+    "Queues" and "Memory"): it waits in its capacity queue, which no online worker consumes, until one
+    that can run it comes online."""
+    needs = broker.job_needs(job.config)
+    if needs == broker.Needs():
         return []
-    most = broker.max_processes_online(job.queue, timeout=1.0, settings=request.app.state.settings)
-    if most is None or processes <= most:
-        return []
+    offers = broker.offers_online(job.queue, timeout=1.0, settings=request.app.state.settings)
+    if not offers or any(broker.fits(o, needs) for o in offers):
+        return []  # unknown (no broker, or no offer online: the no-worker warning), or it will run
+    most = max(o.processes for o in offers)
+    if needs.processes > most:
+        return [
+            f"the job asks for resources.processes={needs.processes}, but the most any online worker of "
+            f"queue '{job.queue}' can run is {most}: it stays queued until a worker that can "
+            f"run {needs.processes} comes online; lower resources.processes to {most}, or start "
+            "a worker with more GPUs or cores on this queue (JOBFORMER_WORKER_PROCESSES sets what a worker "
+            "offers)"
+        ]
+    # The offer with the most memory for a process of this job, among those with enough processes.
+    largest = max(
+        (o for o in offers if o.processes >= needs.processes),
+        key=lambda o: (o.memory_gib or 0.0) / (1 if o.gpu else needs.processes),
+    )
+    config = TrainConfig.model_validate(job.config)
+    stated = config.resources.memory_gb is not None
+    need = (
+        f"resources.memory_gb={memory_gib(config):g} GiB" if stated else f"about {memory_gib(config):.1f} GiB"
+    )
+    offered = "no memory figure" if largest.memory_gib is None else f"{largest.memory_gib:.1f} GiB"
+    if largest.gpu:
+        offered += " per GPU"
+    elif needs.processes > 1:
+        offered += ", shared by the job's processes"
     return [
-        f"the job asks for resources.processes={processes}, but the most any online worker of queue "
-        f"'{job.queue}' can run is {most}: it stays queued until a worker that can run {processes} comes "
-        f"online; lower resources.processes to {most}, or start a worker with more GPUs or cores on this "
-        "queue (JOBFORMER_WORKER_PROCESSES sets what a worker offers)"
+        f"the job needs {need} per process (memory tier {needs.memory_tier} GiB), more than any online "
+        f"worker of queue '{job.queue}' offers (the largest: {offered}): it stays queued until one that "
+        "does comes online; make it smaller (training.batch_size or a higher training.grad_accum_steps, model.max_length, "
+        "model.d_model, model.n_layers), "
+        + (
+            "lower resources.memory_gb if it asks too much"
+            if stated
+            else "set resources.memory_gb if the estimate is too high"
+        )
+        + ", or start a worker with more memory on this queue (JOBFORMER_WORKER_MEMORY_GB sets what a "
+        "worker offers)"
     ]
 
 
@@ -217,5 +250,5 @@ def queue_view(request: Request, session: Session, job: Job) -> tuple[QueuePubli
     elif online is None:
         warnings.append(UNKNOWN_WORKERS_WARNING)
     else:
-        warnings.extend(_processes_warning(request, job))
+        warnings.extend(_capacity_warning(request, job))
     return QueuePublic(position=ahead + 1, workers_online=online), warnings

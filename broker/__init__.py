@@ -1,9 +1,9 @@
 """What the API and the worker use to talk to the broker: send a job, check the broker, count the workers.
 
 The broker carries only job ids; the database row is the truth (docs/design.md, "Workers and the broker").
-A job asking for N > 1 processes waits in its queue's capacity queue ``<queue>.p<N>``, which only workers
-that can give a job N processes consume (``capacity_queue``, ``consumed_queues``; docs/design.md,
-"Queues").
+A job asking for N > 1 processes, or more memory than the plain tier, waits in its queue's capacity
+queue ``<queue>.p<N>``, ``.m<T>``, which only workers that can run it consume (``broker.capacity``;
+docs/design.md, "Queues").
 Sending a job twice is harmless (the claim is atomic); losing its message is not, so the reaper re-sends
 queued jobs whose message is gone (``queued_message_ids``).
 
@@ -25,13 +25,33 @@ import redis
 from celery import Celery
 
 from broker.app import make_app
+from broker.capacity import (
+    Needs,
+    Offer,
+    capacity_queue,
+    capacity_queues_present,
+    consumed_queues,
+    fits,
+    job_needs,
+    job_processes,
+    local_offer,
+    local_processes,
+    memory_tier,
+    worker_capacity,
+)
 from core.settings import Settings, get_settings
 
 __all__ = [
     "TASK_NAME",
     "WORKER_KEY_PREFIX",
+    "Needs",
+    "Offer",
+    "fits",
+    "job_needs",
+    "local_offer",
     "broker_ok",
     "capacity_queue",
+    "capacity_queues_present",
     "consumed_queues",
     "delivered_message_ids",
     "enqueue_job",
@@ -39,7 +59,9 @@ __all__ = [
     "get_app",
     "local_processes",
     "max_processes_online",
+    "offers_online",
     "make_app",
+    "memory_tier",
     "queue_position",
     "queued_message_ids",
     "redis_client",
@@ -89,40 +111,17 @@ def get_app(settings: Settings | None = None) -> Celery:
         return app
 
 
-def capacity_queue(queue: str, processes: int = 1) -> str:
-    """Where a job of ``queue`` asking for ``processes`` waits: ``queue`` itself for one process,
-    ``<queue>.p<N>`` for N > 1 (only workers that can give a job N processes consume it)."""
-    return queue if processes <= 1 else f"{queue}.p{processes}"
-
-
-def job_processes(config: dict | None) -> int:
-    """The processes a job's stored config asks for (``resources.processes``; 1 when it says nothing)."""
-    processes = ((config or {}).get("resources") or {}).get("processes", 1)
-    return processes if isinstance(processes, int) and processes > 1 else 1
-
-
-def worker_capacity(settings: Settings | None = None) -> int:
-    """The processes this worker gives one job: ``worker_processes``, else ``local_processes()``."""
-    return _settings(settings).worker_processes or local_processes()
-
-
-def consumed_queues(queue: str, capacity: int) -> list[str]:
-    """The queues a worker of ``queue`` that can give a job ``capacity`` processes consumes: ``queue`` and
-    its capacity queues for 2..``capacity`` processes (the most a job may ask for is 64)."""
-    return [queue] + [capacity_queue(queue, n) for n in range(2, min(capacity, 64) + 1)]
-
-
 def enqueue_job(
-    job_id: str, queue: str | None = None, *, processes: int = 1, settings: Settings | None = None
+    job_id: str, queue: str | None = None, *, needs: Needs = Needs(), settings: Settings | None = None
 ) -> None:
     """Send job ``job_id`` to the workers of ``queue`` that can run it: the job's own queue
-    (``jobs.queue``) and the processes its config asks for (``job_processes``; the message goes to
-    ``capacity_queue(queue, processes)``). The default queue, this process's ``queue_name``, is right only
+    (``jobs.queue``) and what its config needs (``job_needs``: the message goes to
+    ``capacity_queue(queue, *needs)``). The default queue, this process's ``queue_name``, is right only
     where that is the job's queue. Call it AFTER the job row is committed. The Celery task id is the job
     id. Raises ``kombu.exceptions.OperationalError`` when the broker is unreachable (after retries); the
     job then stays ``queued`` and a reaper of its queue sends it again once the broker is back."""
     settings = _settings(settings)
-    queue = capacity_queue(queue or settings.queue_name, processes)
+    queue = capacity_queue(queue or settings.queue_name, *needs)
     get_app(settings).send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue)
     log.info("enqueued job %s on queue %s", job_id, queue, extra={"job_id": job_id})
 
@@ -154,61 +153,61 @@ def _workers_pattern(queue: str) -> str:
 
 
 def register_worker(
-    name: str, ttl_seconds: float, *, settings: Settings | None = None, processes: int | None = None
+    name: str, ttl_seconds: float, *, settings: Settings | None = None, offer: Offer | None = None
 ) -> None:
     """Mark worker ``name`` as online on its queue for ``ttl_seconds`` (each worker's main process
-    refreshes it), advertising the data-parallel processes it can run a job on (default:
-    ``worker_capacity``; docs/design.md, "A job on many processes in the service")."""
+    refreshes it), advertising what it gives one job (default: ``local_offer``; docs/design.md, "Queues"
+    and "Memory")."""
     settings = _settings(settings)
+    offer = offer or local_offer(settings)
     key = f"{WORKER_KEY_PREFIX}:{settings.queue_name}:{name}"
-    mark = {"at": time.time(), "processes": processes or worker_capacity(settings)}
+    mark = {"at": time.time(), **offer._asdict()}
     redis_client(settings=settings).set(key, json.dumps(mark), px=int(ttl_seconds * 1000))
 
 
-def local_processes() -> int:
-    """The processes this host can give one job: its GPUs (``CUDA_VISIBLE_DEVICES`` when set, else the
-    NVIDIA driver's list; no torch here), else its CPU cores."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    else:
-        try:
-            gpus = len(os.listdir("/proc/driver/nvidia/gpus"))
-        except OSError:
-            gpus = 0
-    if gpus:
-        return gpus
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# (broker URL, queue) -> (when read, monotonic; the online workers' offers, None when the broker failed)
+_offers_cache: dict[tuple[str, str], tuple[float, list[Offer] | None]] = {}
 
 
-_processes_cache: dict[tuple[str, str], tuple[float, int | None]] = {}
-
-
-def max_processes_online(
+def offers_online(
     queue: str | None = None, timeout: float = 1.0, *, settings: Settings | None = None
-) -> int | None:
-    """The most processes any online worker of ``queue`` advertises (cached ``WORKERS_TTL_SECONDS``);
-    None when unknown: the broker did not answer, or no online worker's mark says (an older worker)."""
+) -> list[Offer] | None:
+    """What each online worker of ``queue`` offers (cached ``WORKERS_TTL_SECONDS``); None when the
+    broker did not answer. A mark without an offer (an older worker) is left out."""
     settings = _settings(settings)
     queue = queue or settings.queue_name
     key = (settings.broker_url, queue)
-    cached = _processes_cache.get(key)
+    cached = _offers_cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < WORKERS_TTL_SECONDS:
         return cached[1]
-    most: int | None = None
+    offers: list[Offer] | None = []
     try:
         client = redis_client(timeout, settings=settings)
         keys = list(client.scan_iter(match=_workers_pattern(queue)))
         for raw in client.mget(keys) if keys else []:
             try:
-                n = int(json.loads(raw)["processes"])
+                mark = json.loads(raw)
+                memory = mark.get("memory_gib")
+                offer = Offer(
+                    int(mark["processes"]), None if memory is None else float(memory), bool(mark.get("gpu"))
+                )
             except (TypeError, ValueError, KeyError):
                 continue  # gone since the scan, or a mark without the field
-            most = n if most is None else max(most, n)
+            offers.append(offer)
     except (redis.RedisError, OSError) as exc:
-        log.warning("max_processes_online: broker unreachable: %s", exc)
-    _processes_cache[key] = (time.monotonic(), most)
-    return most
+        log.warning("offers_online: broker unreachable: %s", exc)
+        offers = None
+    _offers_cache[key] = (time.monotonic(), offers)
+    return offers
+
+
+def max_processes_online(
+    queue: str | None = None, timeout: float = 1.0, *, settings: Settings | None = None
+) -> int | None:
+    """The most processes any online worker of ``queue`` offers; None when unknown (no offer online,
+    or the broker did not answer)."""
+    offers = offers_online(queue, timeout, settings=settings)
+    return max((o.processes for o in offers), default=None) if offers else None
 
 
 def unregister_worker(name: str, *, settings: Settings | None = None) -> None:

@@ -21,9 +21,10 @@ from core.owners import owner_of_key
 
 PLACEHOLDERS = ("change-me", "changeme", "placeholder", "secret", "example")
 QUEUE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-# A job asking for N > 1 processes is sent to "<queue>.p<N>" (broker.capacity_queue): no queue of its own
-# may look like one (docs/design.md, "Queues").
-CAPACITY_SUFFIX = r"\.p[0-9]+$"
+# A job asking for N > 1 processes, or more memory than the plain tier, is sent to "<queue>.p<N>",
+# "<queue>.m<T>" or "<queue>.p<N>.m<T>" (broker.capacity_queue): no queue of its own may look like one
+# (docs/design.md, "Queues").
+CAPACITY_SUFFIX = r"\.[pm][0-9]+$"
 
 
 class Settings(BaseSettings):
@@ -117,6 +118,15 @@ class Settings(BaseSettings):
             "its CPU cores."
         ),
     )
+    worker_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "GiB of memory this worker offers each process of a job (it takes jobs whose "
+            "resources.memory_gb, or estimate, fits). Default: the smallest GPU's memory (nvidia-smi), else "
+            "the RAM it may use (the machine's, or its container's limit), shared by a job's processes."
+        ),
+    )
     log_format: str = Field(
         "text", pattern=r"^(text|json)$", description="'json': one JSON object a line, in every process."
     )
@@ -172,8 +182,8 @@ class Settings(BaseSettings):
     def _not_a_capacity_queue(cls, v: str) -> str:
         if re.search(CAPACITY_SUFFIX, v):
             raise ValueError(
-                f"JOBFORMER_QUEUE_NAME={v!r} ends like a capacity queue ('.p<N>', where jobs asking for N "
-                "processes wait): pick a name that does not"
+                f"JOBFORMER_QUEUE_NAME={v!r} ends like a capacity queue ('.p<N>' or '.m<T>', where jobs "
+                "asking for N processes or T GiB wait): pick a name that does not"
             )
         return v
 
@@ -182,8 +192,8 @@ class Settings(BaseSettings):
         bad = [q for q in self.queues if re.search(CAPACITY_SUFFIX, q)]
         if bad:
             raise ValueError(
-                f"JOBFORMER_QUEUES: {', '.join(map(repr, bad))} ends like a capacity queue ('.p<N>', where "
-                "jobs asking for N processes wait): pick names that do not"
+                f"JOBFORMER_QUEUES: {', '.join(map(repr, bad))} ends like a capacity queue ('.p<N>' or "
+                "'.m<T>', where jobs asking for N processes or T GiB wait): pick names that do not"
             )
         return self
 

@@ -2,7 +2,7 @@
 
 Main process (never touches CUDA or torch):
 - ``celeryd_after_setup``: consume the capacity queues of this worker's queue that it can serve
-  (``<queue>.p2`` .. ``<queue>.p<C>`` for C processes, ``broker.consumed_queues``; docs/design.md,
+  (``<queue>.p<N>`` and ``.m<T>`` for what it offers, ``broker.consumed_queues``; docs/design.md,
   "Queues"), the way Celery's docs add a queue to a worker at start.
 - ``worker_ready``: start the stale-job reaper thread (``worker.reaper``) and the "worker online" mark,
   and the webhook deliverer thread (``worker.webhooks``: it sends the outbox's pending deliveries).
@@ -75,14 +75,17 @@ def worker_name() -> str:
 
 def _add_capacity_queues(sender: object = None, instance: object = None, **_kwargs: object) -> None:
     assert _settings is not None, "connect(settings) comes first"
-    capacity = broker.worker_capacity(_settings)
-    extra = broker.consumed_queues(_settings.queue_name, capacity)[1:]
+    offer = broker.local_offer(_settings)
+    extra = broker.consumed_queues(_settings.queue_name, offer)[1:]
     for name in extra:
         instance.app.amqp.queues.select_add(name)  # type: ignore[attr-defined]
+    memory = "unknown (plain tier only)" if offer.memory_gib is None else f"{offer.memory_gib:.1f} GiB"
     log.info(
-        "worker %s takes jobs of up to %d processes: queues %s",
+        "worker %s takes jobs of up to %d processes, %s %s: queues %s",
         sender,
-        capacity,
+        offer.processes,
+        memory,
+        "per GPU" if offer.gpu else "shared by a job's processes",
         ", ".join([_settings.queue_name, *extra]),
     )
 

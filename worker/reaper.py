@@ -123,10 +123,10 @@ class Reaper(threading.Thread):
                 waiting = store.queued_jobs_older_than(s, self.timeout, queue=self.queue)
             if not waiting:
                 return
-            # A job asking for N > 1 processes waits in its capacity queue ("Queues").
+            # A job needing more than one process or the plain memory tier waits in its capacity queue.
             routes = {
-                job_id: broker.capacity_queue(queue, processes)
-                for job_id, (queue, processes) in job_routes(self.settings, waiting).items()
+                job_id: broker.capacity_queue(queue, *needs)
+                for job_id, (queue, needs) in job_routes(self.settings, waiting).items()
             }
             # Waiting in its queue, or received by a worker within the timeout and not yet claimed.
             present = broker.delivered_message_ids(self.timeout, settings=self.settings)

@@ -30,15 +30,16 @@ def send_run(settings: Settings, run_id: str, queue: str) -> None:
     broker.get_app(settings).send_task(RUN_TASK_NAME, args=[run_id], task_id=run_id, queue=queue)
 
 
-def job_routes(settings: Settings, job_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
-    """Job id -> (its queue, the processes it asks for): where its message belongs is that queue, or its
-    capacity queue for more than one process (``broker.capacity_queue``; docs/design.md, "Queues")."""
+def job_routes(settings: Settings, job_ids: Iterable[str]) -> dict[str, tuple[str, broker.Needs]]:
+    """Job id -> (its queue, what it needs): where its message belongs is that queue, or its capacity
+    queue for more than one process or more memory than the plain tier (``broker.capacity_queue``;
+    docs/design.md, "Queues")."""
     ids = list(job_ids)
     if not ids:
         return {}
     with session_scope(settings.resolved_database_url) as s:
         rows = s.execute(select(Job.id, Job.queue, Job.config).where(Job.id.in_(ids))).all()
-    return {row.id: (row.queue, broker.job_processes(row.config)) for row in rows}
+    return {row.id: (row.queue, broker.job_needs(row.config)) for row in rows}
 
 
 def send_jobs(settings: Settings, job_ids: Iterable[str]) -> None:
@@ -49,8 +50,8 @@ def send_jobs(settings: Settings, job_ids: Iterable[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - the reapers find them again (queued, no message)
         log.warning("could not read the queues of jobs to send: %s", exc)
         return
-    for job_id, (queue, processes) in routes.items():
+    for job_id, (queue, needs) in routes.items():
         try:
-            broker.enqueue_job(job_id, queue, processes=processes, settings=settings)
+            broker.enqueue_job(job_id, queue, needs=needs, settings=settings)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not enqueue job %s: %s", job_id, exc, extra={"job_id": job_id})

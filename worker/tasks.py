@@ -102,24 +102,29 @@ def start_recording(
 
 
 def _fits_here(job_id: str, settings: Settings) -> bool:
-    """False for a job asking for more processes than this worker gives one (a message that reached a
-    queue it does not belong in, e.g. sent by hand): it is sent on to its capacity queue unclaimed
-    (docs/design.md, "Queues"). Never raises: when the job cannot be read, the claim decides."""
+    """False for a job needing more processes or memory than this worker offers (a message that reached
+    a list it does not belong in, e.g. sent by hand, or before its config's needs were routed): it is sent
+    on to its capacity queue unclaimed (docs/design.md, "Queues"). Never raises: when the job cannot be
+    read, the claim decides."""
     from worker.run_queue import job_routes, send_jobs
 
     try:
         routes = job_routes(settings, [job_id])
     except Exception:  # noqa: BLE001 - the claim retries the database and reports it
         return True
-    processes = routes[job_id][1] if job_id in routes else 1
-    capacity = broker.worker_capacity(settings)
-    if processes <= capacity:
+    needs = routes[job_id][1] if job_id in routes else broker.Needs()
+    offer = broker.local_offer(settings)
+    if broker.fits(offer, needs):
         return True
+    memory = f"{offer.memory_gib:.1f}" if offer.memory_gib is not None else "unknown"
     log.warning(
-        "job %s asks for %d processes, this worker gives at most %d: sent to its capacity queue unclaimed",
+        "job %s needs %d processes and memory tier %d GiB, this worker offers %d processes and %s GiB: "
+        "sent to its capacity queue unclaimed",
         job_id,
-        processes,
-        capacity,
+        needs.processes,
+        needs.memory_tier,
+        offer.processes,
+        memory,
         extra={"job_id": job_id},
     )
     send_jobs(settings, [job_id])

@@ -161,6 +161,14 @@ class ResourcesConfig(_Strict):
         'on many processes in the service"): one per GPU, or on CPU each with a share of the cores. '
         "training.batch_size must be divisible by it.",
     )
+    memory_gb: float | None = Field(
+        None,
+        gt=0,
+        le=65536,
+        description="GiB of memory each process of the job needs (GPU memory on a GPU worker, RAM on a CPU "
+        "one): only workers with that much take it. Unset: estimated from the model and the batch "
+        '(docs/design.md, "Memory"); set it when the estimate is far off.',
+    )
 
 
 _BPE = "'bpe' "

@@ -1,7 +1,9 @@
-"""Workers take only jobs they can run (docs/design.md, "Queues"): a job asking for 2 processes waits in
-its queue's capacity queue ``<queue>.p2``, which a worker offering 1 process (JOBFORMER_WORKER_PROCESSES=1)
-does not consume. The API says why it waits; a worker offering 2 processes, started later, runs it.
-Real API (in process), real `jobformer worker` processes, PostgreSQL and Redis.
+"""Workers take only jobs they can run (docs/design.md, "Queues" and "Memory"): a job asking for 2
+processes waits in its queue's capacity queue ``<queue>.p2``, which a worker offering 1 process
+(JOBFORMER_WORKER_PROCESSES=1) does not consume; a job needing 10 GiB waits in ``<queue>.m12``, which a
+worker offering 5 GiB (JOBFORMER_WORKER_MEMORY_GB) does not consume. The API says why each waits; a big
+enough worker, started later, runs it. Real API (in process), real `jobformer worker` processes,
+PostgreSQL and Redis.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from tests.integration.procs import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _worker_env(processes: int) -> dict[str, str]:
-    return {**os.environ, "JOBFORMER_WORKER_PROCESSES": str(processes)}
+def _worker_env(processes: int, memory_gb: float = 64) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JOBFORMER_WORKER_PROCESSES": str(processes),
+        "JOBFORMER_WORKER_MEMORY_GB": str(memory_gb),
+    }
 
 
 def test_a_two_process_job_waits_for_a_worker_that_can_run_it(env: dict[str, str], tmp_path: Path) -> None:
@@ -86,6 +92,55 @@ def test_a_two_process_job_waits_for_a_worker_that_can_run_it(env: dict[str, str
             assert f"job {two['id']} claimed by" not in small.log_tail(10**6)
             assert "launching 2 processes" in big.log_tail(10**6)
             assert api.get(f"/jobs/{two['id']}").json()["warnings"] == []
+    finally:
+        small.stop()
+        if big is not None:
+            big.stop()
+
+
+def test_a_job_waits_for_a_worker_with_the_memory_for_it(env: dict[str, str], tmp_path: Path) -> None:
+    """Would catch: a worker without the memory claiming the job (memory not routed, or a message in the
+    plain queue run anyway), no warning, or the job never picked up by a worker with enough memory."""
+    settings = get_settings()
+    queue = settings.queue_name
+    rows = make_dataset(settings.data_dir)
+    body = (settings.data_dir / rows["path"]).read_bytes()
+    small = start_worker(tmp_path, "small", env=_worker_env(1, memory_gb=5))
+    big = None
+    try:
+        with TestClient(create_app(settings)) as api:
+            dataset = api.post("/datasets", files={"file": ("tiny.csv", body, "text/csv")}).json()
+            config = {**tiny_config(max_steps=20, eval_every=20), "resources": {"memory_gb": 10}}
+            job = api.post("/jobs", json={"dataset_id": dataset["id"], "config": config}).json()
+            wait_for(
+                lambda: broker.offers_online(queue, settings=settings) == [broker.Offer(1, 5.0)],
+                "the 5 GiB worker online",
+                procs=(small,),
+            )
+            broker.enqueue_job(job["id"], queue, settings=settings)  # by hand, in the plain queue
+            wait_for(
+                lambda: "sent to its capacity queue unclaimed" in small.log_tail(200_000),
+                "the small worker to pass the hand-sent message on",
+                procs=(small,),
+            )
+            row = job_row(job["id"])
+            assert (row.status, row.attempts, row.worker) == ("queued", 0, None)
+            assert job["id"] in broker.queued_message_ids(f"{queue}.m12", settings=settings)
+            [warning] = api.get(f"/jobs/{job['id']}").json()["warnings"]
+            assert "resources.memory_gb=10 GiB" in warning and "5.0 GiB" in warning, warning
+
+            big = start_worker(tmp_path, "big", env=_worker_env(1, memory_gb=16))
+            wait_for(
+                lambda: job_row(job["id"]).status in ("succeeded", "failed"),
+                "the job on the 16 GiB worker",
+                timeout=240,
+                procs=(small, big),
+            )
+            row = job_row(job["id"])
+            assert (row.status, row.attempts) == ("succeeded", 1), (row.error_message, big.log_tail())
+            assert f"job {job['id']} claimed by" in big.log_tail(10**6)
+            assert f"job {job['id']} claimed by" not in small.log_tail(10**6)
+            assert api.get(f"/jobs/{job['id']}").json()["warnings"] == []
     finally:
         small.stop()
         if big is not None:
