@@ -200,10 +200,8 @@ def _capacity_warning(request: Request, job: Job) -> list[str]:
         key=lambda o: (o.memory_gib or 0.0) / (1 if o.gpu else needs.processes),
     )
     config = TrainConfig.model_validate(job.config)
-    stated = config.resources.memory_gb is not None
-    need = (
-        f"resources.memory_gb={memory_gib(config):g} GiB" if stated else f"about {memory_gib(config):.1f} GiB"
-    )
+    stated, gib = config.resources.memory_gb is not None, memory_gib(config)
+    need = f"resources.memory_gb={gib:g} GiB" if stated else f"about {gib:.1f} GiB"
     offered = "no memory figure" if largest.memory_gib is None else f"{largest.memory_gib:.1f} GiB"
     if largest.gpu:
         offered += " per GPU"

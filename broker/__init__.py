@@ -58,7 +58,6 @@ __all__ = [
     "job_processes",
     "get_app",
     "local_processes",
-    "max_processes_online",
     "offers_online",
     "make_app",
     "memory_tier",
@@ -199,15 +198,6 @@ def offers_online(
         offers = None
     _offers_cache[key] = (time.monotonic(), offers)
     return offers
-
-
-def max_processes_online(
-    queue: str | None = None, timeout: float = 1.0, *, settings: Settings | None = None
-) -> int | None:
-    """The most processes any online worker of ``queue`` offers; None when unknown (no offer online,
-    or the broker did not answer)."""
-    offers = offers_online(queue, timeout, settings=settings)
-    return max((o.processes for o in offers), default=None) if offers else None
 
 
 def unregister_worker(name: str, *, settings: Settings | None = None) -> None:

@@ -92,11 +92,9 @@ def fits(offer: Offer, needs: Needs) -> bool:
     return needs.memory_tier * shared <= offer.memory_gib
 
 
-def consumed_queues(queue: str, offer: Offer | int) -> list[str]:
+def consumed_queues(queue: str, offer: Offer) -> list[str]:
     """The lists a worker of ``queue`` offering ``offer`` consumes: every ``capacity_queue`` whose jobs
-    it can run (an int: that many processes, plain tier only)."""
-    if isinstance(offer, int):
-        offer = Offer(offer, None)
+    it can run."""
     names = []
     for n in range(1, min(offer.processes, MAX_PROCESSES) + 1):
         for tier in (0, *MEMORY_TIERS):

@@ -50,7 +50,7 @@ def test_more_processes_than_any_worker_advertises_warns(client: TestClient, set
 
     broker.register_worker("small", 30, settings=settings, offer=broker.Offer(2, 16.0))
     broker.register_worker("large", 30, settings=settings, offer=broker.Offer(4, 16.0))
-    assert broker.max_processes_online(settings.queue_name, settings=settings) == 4
+    assert max(o.processes for o in broker.offers_online(settings.queue_name, settings=settings)) == 4
     fits = client.post("/jobs", json={"dataset_id": dataset["id"], "config": _config(4)}).json()
     too_many = client.post(
         "/jobs", json={"dataset_id": dataset["id"], "config": {**_config(8), "training": {"batch_size": 16}}}

@@ -56,7 +56,7 @@ def test_a_two_process_job_waits_for_a_worker_that_can_run_it(env: dict[str, str
                 json={"dataset_id": dataset["id"], "config": {**config, "resources": {"processes": 2}}},
             ).json()
             wait_for(
-                lambda: broker.max_processes_online(queue, settings=settings) == 1,
+                lambda: broker.offers_online(queue, settings=settings) == [broker.Offer(1, 64.0)],
                 "the 1-process worker online",
                 procs=(small,),
             )

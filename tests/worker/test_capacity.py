@@ -14,14 +14,16 @@ from core.settings import Settings
 def test_a_job_waits_where_only_big_enough_workers_look():
     assert broker.capacity_queue("gpu", 1) == "gpu"
     assert broker.capacity_queue("gpu", 4) == "gpu.p4"
-    assert broker.consumed_queues("gpu", 1) == ["gpu"]
-    assert broker.consumed_queues("gpu", 3) == ["gpu", "gpu.p2", "gpu.p3"]
+    assert broker.consumed_queues("gpu", broker.Offer(1, None)) == ["gpu"]
+    assert broker.consumed_queues("gpu", broker.Offer(3, None)) == ["gpu", "gpu.p2", "gpu.p3"]
     for processes in range(1, 9):
         for capacity in range(1, 9):
-            served = broker.capacity_queue("q", processes) in broker.consumed_queues("q", capacity)
+            served = broker.capacity_queue("q", processes) in broker.consumed_queues(
+                "q", broker.Offer(capacity, None)
+            )
             assert served == (processes <= capacity), (processes, capacity)
     # another queue's capacity queues are never consumed
-    assert "cpu.p2" not in broker.consumed_queues("gpu", 8)
+    assert "cpu.p2" not in broker.consumed_queues("gpu", broker.Offer(8, None))
 
 
 def test_memory_tiers_route_a_job_to_workers_with_the_memory_for_it():
