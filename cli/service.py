@@ -126,7 +126,7 @@ def worker(concurrency: int, loglevel: str, queue_name: str | None, nice: int) -
     """Run one Celery worker (prefork, a fresh child per job). One per GPU in production."""
     from pydantic import ValidationError
 
-    from core.ml.threads import set_cpu_thread_defaults
+    from core.ml.threads import lower_priority, set_cpu_thread_defaults
     from core.settings import get_settings
 
     if queue_name is not None:
@@ -145,7 +145,7 @@ def worker(concurrency: int, loglevel: str, queue_name: str | None, nice: int) -
 
     set_cpu_thread_defaults()  # inherited by the job's child process, which imports torch
     # docs/design.md, "Live updates": a request waits for no training step (inherited by every child).
-    os.nice(nice)
+    lower_priority(nice)
     from worker.celery_app import app
 
     app.worker_main(

@@ -21,3 +21,26 @@ def set_cpu_thread_defaults() -> None:
         return
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
+def lower_priority(nice: int) -> None:
+    """Add ``nice`` to this process's niceness, and to its autogroup's when it leads a session of its own.
+
+    Linux with ``CONFIG_SCHED_AUTOGROUP`` (most desktop and VM kernels; not inside a container's cgroup)
+    puts each session in a scheduling group of its own and shares the CPU fairly between groups first:
+    a process's niceness then only orders it against its own session. A worker started in a session of its
+    own (``jobformer up`` starts each process so) would compete with the API at equal weight whatever its
+    niceness; the autogroup's own nice value (``/proc/self/autogroup``) is what yields. A worker that does
+    not lead its session shares it with its caller's other processes, whose priority is not its to lower,
+    and plain niceness already orders it against the API when they share one.
+    """
+    if nice <= 0:
+        return
+    os.nice(nice)
+    autogroup = "/proc/self/autogroup"
+    if os.getsid(0) == os.getpid() and os.path.exists(autogroup):
+        try:
+            with open(autogroup, "w") as f:
+                f.write(str(nice))
+        except OSError:  # a kernel without the knob's write, or not allowed: the niceness above stands
+            pass
