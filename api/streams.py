@@ -307,7 +307,9 @@ class StreamHub:
 
     # --- one stream ---------------------------------------------------------------------------------
 
-    async def follow(self, job_id: str, snapshot: JobPublic, since: Cursor) -> AsyncIterator[ServerSentEvent]:
+    async def follow(
+        self, job_id: str, snapshot: JobPublic, since: Cursor
+    ) -> AsyncIterator[ServerSentEvent | bytes]:
         """The stream of one watcher: the snapshot, what it missed since ``since``, then the reader's."""
         yield ServerSentEvent(snapshot.model_dump_json(), event="snapshot")
         watcher = Watcher()
@@ -332,16 +334,27 @@ class StreamHub:
                 if not (found.points or found.events):
                     break
             while True:
-                message = await watcher.queue.get()
-                if message is None:
-                    return  # the reader stopped: the client reconnects with its cursor
-                event, sent = _encode(message, sent)
-                if event is not None:
-                    yield event
-                if message.kind == "end":
-                    return
+                # What the reader queued since the last send goes out as one chunk: one socket write
+                # per message was most of what a stream cost the API (docs/design.md, "Live updates").
+                messages = [await watcher.queue.get()]
+                while not (_last(messages[-1]) or watcher.queue.empty()):
+                    messages.append(watcher.queue.get_nowait())
+                chunk = b""
+                for message in messages:
+                    if message is not None:
+                        event, sent = _encode(message, sent)
+                        chunk += event.encode() if event is not None else b""
+                if chunk:
+                    yield chunk
+                if _last(messages[-1]):
+                    return  # the end, or the reader stopped: the client reconnects with its cursor
         finally:
             self._leave(job_id, watcher)
+
+
+def _last(m: Message | None) -> bool:
+    """Whether a stream ends after ``m``: the job's end, or None (the reader stopped)."""
+    return m is None or m.kind == "end"
 
 
 def _encode(m: Message, sent: Cursor) -> tuple[ServerSentEvent | None, Cursor]:

@@ -276,3 +276,56 @@ def test_a_malformed_last_event_id_is_422_naming_the_header(live, bad):
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["detail"].startswith("header Last-Event-ID must be '<metric_id>:<event_id>'")
+
+
+def test_what_a_tick_queued_goes_out_as_one_chunk(monkeypatch):
+    """The messages waiting on a watcher's queue are sent as one chunk (one socket write) in their
+    order, each a whole event with its id; the stream ends after ``end``."""
+    import asyncio
+
+    from api.schemas import JobPublic
+    from api.streams import Cursor, Message, Reader, StreamHub
+    from tests.api.live import parse
+
+    hub = StreamHub("sqlite://")
+    snapshot = JobPublic.model_validate(
+        {
+            "id": "j",
+            "dataset_id": "d",
+            "status": "running",
+            "config": {},
+            "created_at": "2026-01-01T00:00:00Z",
+            "attempts": 1,
+            "max_attempts": 3,
+            "queue_name": "jobformer",
+        }
+    )
+    point = {"step": 1, "epoch": 0, "split": "train", "name": "loss", "value": 2.0, "time": None}
+
+    def join(job_id, watcher):  # a reader that is ready and has queued one tick's messages
+        reader = Reader(job_id, Cursor())
+        reader.ready.set()
+        for m in (
+            Message("metrics", [point, point], [1, 2]),
+            Message("event", {"kind": "evaluated"}, [5]),
+            Message("progress", {"status": "running"}),
+            Message("end", snapshot),
+        ):
+            watcher.put(m)
+        return reader
+
+    monkeypatch.setattr(hub, "_join", join)
+
+    async def collect():
+        return [chunk async for chunk in hub.follow("j", snapshot, Cursor())]
+
+    chunks = asyncio.run(collect())
+    assert len(chunks) == 2  # the snapshot, then the whole tick
+    events = list(parse(chunks[1].decode().replace("\r\n", "\n").split("\n")))
+    assert [(e.event, e.id) for e in events] == [
+        ("metrics", "2:0"),
+        ("event", "2:5"),
+        ("progress", None),
+        ("end", None),
+    ]
+    assert len(events[0].data["points"]) == 2
