@@ -59,6 +59,7 @@ class JobAnswer:
     body: bytes
     etag: str
     read_at: float  # the clock when its read began
+    view: JobPublic  # what ``body`` encodes (a stream's snapshot); shared: never changed in place
 
     def visible_to(self, owner: str | None) -> bool:
         """Whether ``owner`` may see it (anyone, when authentication is off)."""
@@ -142,7 +143,7 @@ class JobViews:
         """Keep ``view`` as the job's answer unless the cache was cleared since ``ticket`` was taken, or a
         newer read is kept already; the answer either way (the stream hub's reader offers its reads here)."""
         body, tag = encode_view(view)
-        answer = JobAnswer(owner, body, tag, ticket.read_at)
+        answer = JobAnswer(owner, body, tag, ticket.read_at, view)
         with self._lock:
             current = self._entries.get(job_id)
             if ticket.generation == self._generation and (

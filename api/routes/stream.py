@@ -1,22 +1,25 @@
 """Live updates of one job as server-sent events (docs/design.md, "Live updates").
 
-The route checks the key and the owner like ``GET /jobs/{id}``, answers the snapshot's view and hands the
-connection to the job's reader (api/streams.py). Its database session ends when this function returns,
-before the first byte: a stream holds no session and no thread while it waits.
+The route checks the key and the owner like ``GET /jobs/{id}``, answers the job's view as its snapshot and
+hands the connection to the job's reader (api/streams.py). The snapshot comes from the job answer cache, as
+``GET /jobs/{id}``'s does (api/jobviews.py): many watchers opening their streams at once cost one read of
+the job, and a stream holds no session and no thread while it waits.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi import Path as PathParam
 from sse_starlette import EventSourceResponse
 
-from api.deps import ID_PATTERN, OwnerDep, SessionDep, get_owned_job
+from api.deps import ID_PATTERN, OwnerDep
 from api.errors import ProblemError, problem_responses
+from api.jobviews import JobViews
 from api.streams import BadCursor, Cursor, StreamHub
-from api.views import job_view
+from api.views import read_job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -61,10 +64,9 @@ STREAM_DESCRIPTION = (
         **problem_responses(401, 404, 422),
     },
 )
-def stream_job(
+async def stream_job(
     job_id: JobId,
     request: Request,
-    session: SessionDep,
     owner: OwnerDep,
     last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
@@ -77,8 +79,11 @@ def stream_job(
             "stream's 'id:' lines; leave it out to start from the beginning",
             code="bad_last_event_id",
         ) from None
-    snapshot = job_view(request, session, get_owned_job(session, job_id, owner))
+    views: JobViews = request.app.state.job_views
+    answer = await views.get(job_id, partial(read_job_view, request, job_id))
+    if answer is None or not answer.visible_to(owner):
+        raise ProblemError(404, f"job {job_id} not found", code="not_found")
     hub: StreamHub = request.app.state.streams
     return EventSourceResponse(
-        hub.follow(job_id, snapshot, since), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-cache"}
+        hub.follow(job_id, answer.view, since), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-cache"}
     )

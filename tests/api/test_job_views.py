@@ -253,14 +253,40 @@ def test_a_watched_jobs_reader_keeps_its_answer_fresh(make_settings, db_session:
         db_session.commit()
         follower = Follower(f"{url}/jobs/{job_id}/stream")
         assert follower.next().event == "snapshot"
+        assert views.reads == 1  # the stream's snapshot, from the cache like GET /jobs/{id}'s answer
+        views.clear()  # what is fresh from here on, the stream's reader put there
         deadline = time.monotonic() + WAIT
         while views.fresh(job_id) is None:
             assert time.monotonic() < deadline, "the reader never offered its view"
             time.sleep(0.02)
         r = httpx.get(f"{url}/jobs/{job_id}", timeout=WAIT)
         assert r.status_code == 200 and r.json()["status"] == "running"
-        assert views.reads == 0  # answered from what the stream's reader read
+        assert views.reads == 1  # answered from what the stream's reader read
         store.finish_job(db_session, job_id, "succeeded")
         db_session.commit()
         assert follower.rest()[-1].event == "end"
         follower.join()
+
+
+def test_streams_opening_together_read_the_job_once(make_settings, db_session: Session):
+    """A dashboard's worth of watchers opening at once: their snapshots come from one read of the job,
+    as pollers' answers do (each used to take a session and read the job itself)."""
+    app = create_app(make_settings())
+    views: JobViews = app.state.job_views
+    views.ttl = views.stale = 60.0  # every stream below opens within one TTL, however slow the machine
+    with serve(app) as url:
+        ds = httpx.post(f"{url}/datasets", files={"file": ("s.csv", SPAM_CSV, "text/csv")}, timeout=WAIT)
+        body = {"dataset_id": ds.json()["id"], "config": SMALL}
+        job_id = httpx.post(f"{url}/jobs", json=body, timeout=WAIT).json()["id"]
+        store.claim_job(db_session, job_id, "test:1")
+        db_session.commit()  # clears the cache: the first stream below reads the job
+        followers = [Follower(f"{url}/jobs/{job_id}/stream") for _ in range(6)]
+        snapshots = [f.next() for f in followers]
+        assert {s.event for s in snapshots} == {"snapshot"}
+        assert {s.data["status"] for s in snapshots} == {"running"}
+        assert views.reads == 1
+        store.finish_job(db_session, job_id, "succeeded")
+        db_session.commit()
+        for f in followers:
+            assert f.rest()[-1].event == "end"
+            f.join()
