@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from sse_starlette import ServerSentEvent
 
 from api.jobviews import JobViews
+from api.model_runs import test_evaluation_summary
 from api.schemas import JobPublic, MetricPointPublic
 from api.views import event_public, finite, job_public
 from core.db.models import Event, Job, JobStatus, MetricPoint
@@ -100,6 +101,8 @@ def read_since(session: Session, job_id: str, since: Cursor, upto: Cursor | None
     """
     row = session.get(Job, job_id, populate_existing=True)
     job = job_public(row) if row is not None else None
+    if job is not None:  # as GET /jobs/{id} answers it: the answer cache keeps this view for it
+        job.test_evaluation = test_evaluation_summary(session, row)
     where = [MetricPoint.job_id == job_id, MetricPoint.id > since.metric]
     if upto is not None:
         where.append(MetricPoint.id <= upto.metric)

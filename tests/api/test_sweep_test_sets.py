@@ -127,3 +127,23 @@ def test_a_bad_test_set_is_refused_before_anything_is_recorded(
     assert db_session.scalar(select(func.count()).select_from(Sweep)) == 0
     assert db_session.scalar(select(func.count()).select_from(Job)) == 0
     assert queued_ids(settings.queue_name) == []
+
+
+def test_a_watched_jobs_answer_keeps_its_test_evaluation(two_owners, db_session):
+    """The stream reader's view of a job is what GET /jobs/{id} answers while the job is watched (the
+    answer cache keeps it): it carries the test evaluation as a lookup does, not null."""
+    from api.streams import Cursor, read_since
+    from tests.api.test_test_sets import SMALL
+
+    client, ids, _ = two_owners
+    body = {"dataset_id": ids["train"], "test_dataset_id": ids["test"], "config": SMALL}
+    job_id = client.post("/jobs", json=body, headers=ALICE).json()["id"]
+    s = db_session
+    store.claim_job(s, job_id, "host:1")
+    assert store.finish_job(s, job_id, "succeeded", result={"status": "completed"})
+    s.commit()
+    run_id = finish_evaluation(s, job_id, {"accuracy": 0.9, "f1_macro": 0.8, "n": 10})
+    looked_up = client.get(f"/jobs/{job_id}", headers=ALICE).json()["test_evaluation"]
+    assert looked_up["id"] == run_id
+    found = read_since(s, job_id, Cursor())
+    assert found.job.model_dump(mode="json")["test_evaluation"] == looked_up
