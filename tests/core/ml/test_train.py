@@ -68,7 +68,9 @@ def test_classification_learns_then_recorded_numbers_and_determinism(sentiment_c
             "val_accuracy": 1.0,
             "val_f1_macro": 1.0,
         },
-        rel=1e-6,
+        # float32 over 56 steps: the CPU's kernels (AVX2 or AVX-512 paths) move the last digits; an AMD
+        # EPYC machine read val_loss 1.3e-6 apart from the machine these were recorded on.
+        rel=1e-5,
     )
     assert val_f1 == pytest.approx([0.35135135135135137, 0.9142857142857144, 1.0, 1.0], rel=1e-6)
     assert result.best == {
