@@ -7,7 +7,7 @@ number and its own queue name (so no other worker can take the job). It uploads 
 a training job on it, then measures three phases of ``--duration`` seconds each:
 
     quiet-before  no requests; the job trains alone
-    load          ``--clients`` concurrent clients poll GET /jobs/{id} (asyncio + httpx), each every
+    load          ``--clients`` concurrent clients poll GET /jobs/{id} (asyncio, raw HTTP/1.1), each every
                   ``--poll-interval`` seconds (0: back to back) and with the ETag of its last answer in
                   ``If-None-Match`` (an unchanged job answers 304), while ``--subscribers`` clients
                   follow GET /jobs/{id}/stream (server-sent events; issue 9)
