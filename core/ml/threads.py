@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 SPIN_COUNT = "1000"
 
@@ -39,8 +40,14 @@ def lower_priority(nice: int) -> None:
     os.nice(nice)
     autogroup = "/proc/self/autogroup"
     if os.getsid(0) == os.getpid() and os.path.exists(autogroup):
-        try:
-            with open(autogroup, "w") as f:
-                f.write(str(nice))
-        except OSError:  # a kernel without the knob's write, or not allowed: the niceness above stands
-            pass
+        # The kernel takes one such write a tenth of a second from unprivileged processes (EAGAIN): workers
+        # started together retry once.
+        for attempt in range(2):
+            try:
+                with open(autogroup, "w") as f:
+                    f.write(str(nice))
+                return
+            except BlockingIOError:
+                time.sleep(0.11 * (attempt + 1))
+            except OSError:  # a kernel without the knob's write, or not allowed: the niceness above stands
+                return
