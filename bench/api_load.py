@@ -326,6 +326,8 @@ async def subscriber(client: Connection, path: str, deadline: float, got: list[i
             while chunk := await reader.read(65536):
                 text = tail + chunk
                 messages += text.count(b"\nevent:")
+                if text.endswith(b"\r\n0\r\n\r\n"):
+                    break  # the chunked body's last chunk: the API ended the stream (the connection stays)
                 tail = text[-6:]
         errs.append("stream closed early")
     except TimeoutError:
