@@ -18,7 +18,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -30,6 +30,7 @@ from api.jobviews import STALE_SECONDS
 from core.ml.predict import Predictor
 from core.settings import get_settings
 from tests.integration.procs import (
+    Proc,
     RedisServer,
     TcpProxy,
     create_job,
@@ -57,6 +58,33 @@ def _status(job_id: str) -> str:
 
 def _kinds(job_id: str) -> list[str]:
     return [kind for kind, _, _ in job_events(job_id)]
+
+
+LOSS_NOTICE_SECONDS = 5
+
+
+def _lost_connections(worker: Proc) -> int:
+    """How many times the worker's consumer saw its broker connection break."""
+    return worker.log_tail(2_000_000).count("Connection to broker lost")
+
+
+def _wait_quietly(condition: Callable[[], object], timeout: float) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (a precondition the test can go on without)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _wait_for_worker(condition: Callable[[], object], what: str, worker: Proc) -> None:
+    """``wait_for``, and if it times out, the worker's thread stacks in its log first (Celery's SIGUSR1 handler
+    prints them): a worker that stopped consuming shows where it is stuck."""
+    if not _wait_quietly(condition, 180):
+        worker.signal(signal.SIGUSR1)
+        time.sleep(2)
+        wait_for(condition, what, timeout=1, procs=(worker,))
 
 
 def _online(n: int) -> bool:
@@ -140,15 +168,15 @@ def test_redis_restarted_mid_job_job_finishes_once(
         wait_for(lambda: job_step(job_id) >= 20, "the job to train a few steps", procs=(worker,))
         server.kill(signal.SIGKILL)
         down_at = job_step(job_id)
-        wait_for(
-            lambda: "Connection to broker lost" in worker.log_tail(500_000),
-            "the worker to notice the broker is gone",
-            procs=(worker,),
-        )
-        time.sleep(1)  # Redis stays down a moment: the worker retries its connection
+        # Redis stays down until the worker has seen it go (at once, as a rule: its broadcast connection reads
+        # the close) and a moment more, while the worker retries its connection. A worker that has not seen it
+        # within LOSS_NOTICE_SECONDS meets the restart unaware: it must notice the dead connection then and
+        # reconnect all the same (checked below, with the worker's stacks in the log if it hangs instead).
+        noticed = _wait_quietly(lambda: _lost_connections(worker) > 0, LOSS_NOTICE_SECONDS)
+        time.sleep(1)
         assert _status(job_id) == "running"  # the restart happens mid-job
         server.start()
-        wait_for(lambda: _status(job_id) in ENDED, "the job to end", procs=(worker,))
+        _wait_for_worker(lambda: _status(job_id) in ENDED, "the job to end", worker)
         job = job_row(job_id)
         assert (job.status, job.attempts, job.error_code) == ("succeeded", 1, None), worker.log_tail()
         assert down_at < 1500 and job.result["steps"] == 1500
@@ -156,7 +184,8 @@ def test_redis_restarted_mid_job_job_finishes_once(
         # The worker still consumes after the restart: a second job runs on it.
         second = create_job(data_dir, tiny_config(max_steps=10, eval_every=10))
         queue.enqueue_job(second)
-        wait_for(lambda: _status(second) == "succeeded", "a job sent after the restart", procs=(worker,))
+        _wait_for_worker(lambda: _status(second) == "succeeded", "a job sent after the restart", worker)
+        assert _lost_connections(worker) >= 1, f"noticed while Redis was down: {noticed}"
         assert re.findall(r"job (\w+) claimed by", worker.log_tail(500_000)) == [job_id, second]
         kinds = _kinds(job_id)
         assert (kinds.count("started"), kinds.count("resumed"), kinds.count("requeued")) == (1, 0, 0)
