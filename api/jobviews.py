@@ -27,13 +27,16 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
+from fastapi import Request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from api.errors import ProblemError
 from api.schemas import JobPublic
-from api.views import encode_view
+from api.views import encode_view, read_job_view
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,16 @@ class JobViews:
             self._entries = {}
         # Requests from now on start a new read: the one under way may predate the write.
         self._reading = {}
+
+
+async def visible_answer(request: Request, job_id: str, owner: str | None) -> JobAnswer:
+    """The job's answer from this process's cache (one shared read when it is missing or old), or the 404
+    problem a lookup answers when there is no such job or it is another key's (not 403: no leak)."""
+    views: JobViews = request.app.state.job_views
+    answer = await views.get(job_id, partial(read_job_view, request, job_id))
+    if answer is None or not answer.visible_to(owner):
+        raise ProblemError(404, f"job {job_id} not found", code="not_found")
+    return answer
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -22,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from api.archives import checkpoint_dir, checkpoint_download, onnx_download
 from api.deps import ID_PATTERN, Limit, Offset, OwnerDep, SessionDep, SettingsDep, get_owned_job
 from api.errors import ProblemError, problem_responses
-from api.jobviews import VIEW_TTL_SECONDS, JobViews
+from api.jobviews import VIEW_TTL_SECONDS, visible_answer
 from api.prediction import best_checkpoint, predict_with, require_input
 from api.schemas import (
     CONFIG_EXAMPLE,
@@ -44,7 +43,6 @@ from api.views import (
     job_public,
     job_view,
     metric_points_public,
-    read_job_view,
 )
 from core.db import store
 from core.db.models import Checkpoint, Event, Job, JobStatus, MetricPoint
@@ -169,10 +167,7 @@ async def get_job(
 ) -> Response:
     # docs/design.md, "Live updates": a poller costs no session and no thread while the answer is fresh,
     # and one that sees no change no transfer either.
-    views: JobViews = request.app.state.job_views
-    answer = await views.get(job_id, partial(read_job_view, request, job_id))
-    if answer is None or not answer.visible_to(owner):
-        raise ProblemError(404, f"job {job_id} not found", code="not_found")
+    answer = await visible_answer(request, job_id, owner)
     headers = {"ETag": answer.etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, answer.etag):
         return Response(status_code=304, headers=headers)

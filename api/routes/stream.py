@@ -8,7 +8,6 @@ the job, and a stream holds no session and no thread while it waits.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -17,9 +16,8 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import ID_PATTERN, OwnerDep
 from api.errors import ProblemError, problem_responses
-from api.jobviews import JobViews
+from api.jobviews import visible_answer
 from api.streams import BadCursor, Cursor, StreamHub
-from api.views import read_job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -79,10 +77,7 @@ async def stream_job(
             "stream's 'id:' lines; leave it out to start from the beginning",
             code="bad_last_event_id",
         ) from None
-    views: JobViews = request.app.state.job_views
-    answer = await views.get(job_id, partial(read_job_view, request, job_id))
-    if answer is None or not answer.visible_to(owner):
-        raise ProblemError(404, f"job {job_id} not found", code="not_found")
+    answer = await visible_answer(request, job_id, owner)
     hub: StreamHub = request.app.state.streams
     return EventSourceResponse(
         hub.follow(job_id, answer.view, since), ping=HEARTBEAT_SECONDS, headers={"Cache-Control": "no-cache"}
