@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 import weakref
@@ -34,9 +35,11 @@ from fastapi import Request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from api.deps import ID_PATTERN, OWNER_STATE_KEY
 from api.errors import ProblemError
+from api.middleware import ASGIApp, Receive, Scope, Send
 from api.schemas import JobPublic
-from api.views import encode_view, read_job_view
+from api.views import encode_view, etag_matches, read_job_view
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +178,50 @@ async def visible_answer(request: Request, job_id: str, owner: str | None) -> Jo
     if answer is None or not answer.visible_to(owner):
         raise ProblemError(404, f"job {job_id} not found", code="not_found")
     return answer
+
+
+class FreshAnswers:
+    """A pure ASGI middleware that answers ``GET /jobs/{id}`` from a fresh cache entry without routing it.
+
+    Inside the request gate (which has checked the key and left the owner in the scope's state) and the
+    HTTP metrics (which label the answer with the route's template, ``route`` here). The answer is the
+    route's, byte for byte: the entry's body or a 304 for a matching ``If-None-Match``, with the same
+    headers. Anything else (no entry younger than the TTL, another owner's job, another path or method) goes
+    on to the app: the route then reads, refreshes or answers 404 as above. Under the API load bench a hit
+    costs a third of what the routed request did (docs/design.md, "Live updates").
+    """
+
+    def __init__(self, app: ASGIApp, *, views: JobViews, prefix: str, route: object) -> None:
+        self.app = app
+        self.views = views
+        self.route = route
+        self._path = re.compile(re.escape(prefix.rstrip("/") + "/") + "(" + ID_PATTERN.strip("^$") + ")")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and (m := self._path.fullmatch(scope["path"]))
+        ):
+            entry = self.views.fresh(m[1])
+            if entry is not None and entry.visible_to(scope.get("state", {}).get(OWNER_STATE_KEY)):
+                scope["route"] = self.route
+                await _send_answer(entry, scope, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_answer(entry: JobAnswer, scope: Scope, send: Send) -> None:
+    """The entry as the route sends it: 304 with its ETag when ``If-None-Match`` names it, else the JSON."""
+    if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), b"").decode("latin-1")
+    tags = [(b"etag", entry.etag.encode("latin-1")), (b"cache-control", b"no-cache")]
+    if etag_matches(if_none_match, entry.etag):
+        await send({"type": "http.response.start", "status": 304, "headers": tags})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-length", str(len(entry.body)).encode()), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": [*headers, *tags]})
+    await send({"type": "http.response.body", "body": entry.body})
 
 
 def _retrieve(task: asyncio.Task) -> None:

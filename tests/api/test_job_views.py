@@ -117,6 +117,40 @@ def test_a_hit_is_the_answer_a_read_gives_and_reads_nothing(client, upload, cloc
     assert views.fresh(job_id).body == first.content
 
 
+def test_a_fresh_answer_skips_the_route_and_answers_header_for_header_as_it_does(client, upload, clock):
+    """FreshAnswers (api/jobviews.py) sends a fresh entry without routing: the same status, headers and
+    bytes as the route gives, timed under the route's template; a stale entry still goes to the route."""
+    job_id = new_job(client, upload)
+    views: JobViews = client.app.state.job_views
+    routed_calls = []
+    route_get = views.get
+    views.get = lambda *args: (routed_calls.append(args[0]), route_get(*args))[1]
+
+    def get(**headers: str) -> tuple[httpx.Response, bool]:
+        before = len(routed_calls)
+        r = client.get(f"/jobs/{job_id}", headers=headers)
+        return r, len(routed_calls) > before
+
+    first, routed = get()
+    assert routed and first.status_code == 200
+    hit, routed = get()
+    assert not routed and hit.status_code == 200
+    assert hit.content == first.content and dict(hit.headers) == dict(first.headers)
+
+    tag = first.headers["etag"]
+    not_modified, routed = get(**{"If-None-Match": f'W/"x", {tag}'})
+    assert not routed and not_modified.status_code == 304 and not_modified.content == b""
+    clock.now += VIEW_TTL_SECONDS  # stale: the route answers from memory while one read refreshes it
+    routed_304, routed = get(**{"If-None-Match": f'W/"x", {tag}'})
+    assert routed and routed_304.status_code == 304
+    assert dict(not_modified.headers) == dict(routed_304.headers)
+
+    count = client.app.state.metrics_registry.get_sample_value
+    labels = {"method": "GET", "route": "/jobs/{job_id}"}
+    assert count("jobformer_http_request_duration_seconds_count", {**labels, "status": "200"}) == 2
+    assert count("jobformer_http_request_duration_seconds_count", {**labels, "status": "304"}) == 2
+
+
 def test_your_own_cancel_is_seen_by_the_next_get(client, upload, clock):
     job_id = new_job(client, upload)
     assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
