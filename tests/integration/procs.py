@@ -456,6 +456,15 @@ def _close(sock: socket.socket) -> None:
         sock.close()
 
 
+def poll_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` seconds pass (its last
+    value): for a wait the caller may go on without."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
+
+
 def wait_for(
     condition: Callable[[], Any],
     what: str,
@@ -464,12 +473,9 @@ def wait_for(
     interval: float = 0.1,
 ) -> Any:
     """Poll ``condition`` until it returns something truthy; fail with the processes' logs otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
+    value = poll_until(condition, timeout, interval)
+    if value:
+        return value
     logs = "\n".join(f"--- {p.log_path.name} ---\n{p.log_tail()}" for p in procs)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{logs}")
 

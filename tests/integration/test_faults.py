@@ -41,6 +41,7 @@ from tests.integration.procs import (
     job_events,
     job_row,
     job_step,
+    poll_until,
     start_api,
     start_worker,
     tiny_config,
@@ -68,20 +69,10 @@ def _lost_connections(worker: Proc) -> int:
     return worker.log_tail(2_000_000).count("Connection to broker lost")
 
 
-def _wait_quietly(condition: Callable[[], object], timeout: float) -> bool:
-    """Whether ``condition`` came true within ``timeout`` seconds (a precondition the test can go on without)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _wait_for_worker(condition: Callable[[], object], what: str, worker: Proc) -> None:
     """``wait_for``, and if it times out, the worker's thread stacks in its log first (Celery's SIGUSR1 handler
     prints them): a worker that stopped consuming shows where it is stuck."""
-    if not _wait_quietly(condition, 180):
+    if not poll_until(condition, 180):
         worker.signal(signal.SIGUSR1)
         time.sleep(2)
         wait_for(condition, what, timeout=1, procs=(worker,))
@@ -172,7 +163,7 @@ def test_redis_restarted_mid_job_job_finishes_once(
         # the close) and a moment more, while the worker retries its connection. A worker that has not seen it
         # within LOSS_NOTICE_SECONDS meets the restart unaware: it must notice the dead connection then and
         # reconnect all the same (checked below, with the worker's stacks in the log if it hangs instead).
-        noticed = _wait_quietly(lambda: _lost_connections(worker) > 0, LOSS_NOTICE_SECONDS)
+        noticed = poll_until(lambda: _lost_connections(worker) > 0, LOSS_NOTICE_SECONDS)
         time.sleep(1)
         assert _status(job_id) == "running"  # the restart happens mid-job
         server.start()
