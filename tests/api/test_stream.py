@@ -222,7 +222,9 @@ def test_many_watchers_cost_one_reader(live, db_session: Session, db_url: str):
     finally:
         event.remove(engine, "before_cursor_execute", count)
     # One points query per tick of the one reader, whatever the number of watchers.
-    assert ticks >= 1 and len(queries) in (ticks, ticks + 1)  # +1: a tick under way when counting began
+    # At each edge one tick may be half in the count: under way when counting began (its query before the
+    # listener, its tick after) or when it ended (its query counted, its tick not yet).
+    assert ticks >= 1 and abs(len(queries) - ticks) <= 1
 
     store.finish_job(db_session, job_id, "succeeded")
     db_session.commit()
